@@ -15,6 +15,8 @@ use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, DType, Int, Tensor};
 
+use modernbert_kernels::{linear, matmul, Backend as KernelBackend};
+
 use crate::rope::RopeAngles;
 
 /// Configuration of [`ModernBertAttention`]; made by
@@ -104,7 +106,7 @@ impl ModernBertAttentionConfig {
     }
 }
 
-impl<B: Backend> ModernBertAttention<B> {
+impl<B: KernelBackend> ModernBertAttention<B> {
     /// Attention over a padded batch; `mask` is the global or local mask of
     /// [`AttentionMask`], `rope` the angles for this layer's θ.
     ///
@@ -121,10 +123,7 @@ impl<B: Backend> ModernBertAttention<B> {
         let [batch, seq, hidden] = x.dims();
         let head_dim = hidden / self.num_heads;
         // [batch, seq, 3, heads, head_dim] → three [batch, heads, seq, head_dim].
-        let qkv = self
-            .Wqkv
-            .forward(x)
-            .reshape([batch, seq, 3, self.num_heads, head_dim]);
+        let qkv = linear(&self.Wqkv, x).reshape([batch, seq, 3, self.num_heads, head_dim]);
         let part = |i| {
             qkv.clone()
                 .narrow(2, i, 1)
@@ -135,13 +134,13 @@ impl<B: Backend> ModernBertAttention<B> {
 
         let scale = (head_dim as f64).powf(-0.5);
         let q_dtype = q.dtype();
-        let scores = q.matmul(k.swap_dims(2, 3)) * scale;
+        let scores = matmul(q, k.swap_dims(2, 3)) * scale;
         // The most negative finite value, not -inf: a padded query on a local layer can have
         // every key masked, and -inf would turn its row (and, through 0 · NaN, others) into NaN.
         let probs = softmax(scores.mask_fill(mask, most_negative(q_dtype)), 3);
-        let out = self.attn_drop.forward(probs).matmul(v);
+        let out = matmul(self.attn_drop.forward(probs), v);
         let out = out.swap_dims(1, 2).reshape([batch, seq, hidden]);
-        self.out_drop.forward(self.Wo.forward(out))
+        self.out_drop.forward(linear(&self.Wo, out))
     }
 }
 

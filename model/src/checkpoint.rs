@@ -45,9 +45,9 @@ struct Index {
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, LoadError> {
-    std::fs::read(path).map_err(|source| LoadError::Io {
+    std::fs::read(path).map_err(|error| LoadError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     })
 }
 
@@ -263,9 +263,9 @@ pub fn write_safetensors(
         })?;
     let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
     safetensors::serialize_to_file(views, Some(metadata), path).map_err(|e| match e {
-        safetensors::SafeTensorError::IoError(source) => SaveError::Io {
+        safetensors::SafeTensorError::IoError(error) => SaveError::Io {
             path: path.to_path_buf(),
-            source,
+            error,
         },
         other => SaveError::Serialize {
             path: path.to_path_buf(),

@@ -170,18 +170,18 @@ impl ModernBertConfig {
     /// config, [`LoadError::Config`] if a field is out of range or unsupported.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self, LoadError> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io {
+        let text = std::fs::read_to_string(path).map_err(|error| LoadError::Io {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         let hf: HfConfig = serde_json::from_str(&text).map_err(|e| LoadError::Json {
             path: path.to_path_buf(),
             what: "ModernBERT config.json",
             reason: e.to_string(),
         })?;
-        ModernBertConfig::try_from(hf).map_err(|source| LoadError::Config {
+        ModernBertConfig::try_from(hf).map_err(|error| LoadError::Config {
             path: path.to_path_buf(),
-            source,
+            error,
         })
     }
 

@@ -33,12 +33,12 @@ pub enum ConfigError {
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     /// A file could not be read (missing, unreadable).
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {error}")]
     Io {
         /// The file.
         path: PathBuf,
         /// The underlying error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A JSON file is not valid JSON or lacks required fields.
     #[error("{path} is not a valid {what}: {reason}")]
@@ -51,12 +51,12 @@ pub enum LoadError {
         reason: String,
     },
     /// config.json parsed, but describes a model we cannot build.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Config {
         /// The config.json file.
         path: PathBuf,
         /// What is wrong.
-        source: ConfigError,
+        error: ConfigError,
     },
     /// The directory holds neither `model.safetensors` nor `model.safetensors.index.json`.
     #[error("no weights in {dir}: expected model.safetensors or model.safetensors.index.json")]
@@ -139,12 +139,12 @@ fn list(label: &str, keys: &[String]) -> String {
 #[derive(Debug, thiserror::Error)]
 pub enum SaveError {
     /// A file or directory could not be written.
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}: {error}")]
     Io {
         /// The file or directory.
         path: PathBuf,
         /// The underlying error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The safetensors serializer refused the tensors.
     #[error("cannot serialize {path}: {reason}")]

@@ -10,8 +10,9 @@ use burn::module::{Initializer, Module, Param};
 use burn::nn::{Dropout, DropoutConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::tensor::activation::gelu;
 use burn::tensor::backend::Backend;
-use burn::tensor::module::linear;
 use burn::tensor::Tensor;
+
+use modernbert_kernels::{linear, linear_weight, Backend as KernelBackend};
 
 use crate::config::{ModernBertConfig, Pooling};
 use crate::error::InputError;
@@ -61,12 +62,12 @@ impl ModernBertPredictionHeadConfig {
     }
 }
 
-impl<B: Backend> ModernBertPredictionHead<B> {
+impl<B: KernelBackend> ModernBertPredictionHead<B> {
     /// # Shapes
     /// - x: `[..., H]`
     /// - output: `[..., H]`
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        self.norm.forward(gelu(self.dense.forward(x)))
+        self.norm.forward(gelu(linear(&self.dense, x)))
     }
 }
 
@@ -203,7 +204,7 @@ impl ModernBertConfig {
     }
 }
 
-impl<B: Backend> ModernBertForMaskedLM<B> {
+impl<B: KernelBackend> ModernBertForMaskedLM<B> {
     /// Logits over the vocabulary for every position.
     ///
     /// # Shapes
@@ -219,7 +220,7 @@ impl<B: Backend> ModernBertForMaskedLM<B> {
             Some(weight) => weight.val(),
             None => self.model.embeddings.tok_embeddings.weight.val(),
         };
-        let logits = linear(
+        let logits = linear_weight(
             hidden,
             weight.transpose(),
             self.decoder.bias.as_ref().map(Param::val),
@@ -231,7 +232,7 @@ impl<B: Backend> ModernBertForMaskedLM<B> {
     }
 }
 
-impl<B: Backend> ModernBertForSequenceClassification<B> {
+impl<B: KernelBackend> ModernBertForSequenceClassification<B> {
     /// One vector of class logits per sequence.
     ///
     /// # Shapes
@@ -251,9 +252,10 @@ impl<B: Backend> ModernBertForSequenceClassification<B> {
                 (hidden * mask).sum_dim(1).div(count).reshape([batch, h])
             }
         };
-        let logits = self
-            .classifier
-            .forward(self.drop.forward(self.head.forward(pooled)));
+        let logits = linear(
+            &self.classifier,
+            self.drop.forward(self.head.forward(pooled)),
+        );
         Ok(TaskOutput {
             logits,
             last_hidden_state: output.last_hidden_state,
@@ -261,7 +263,7 @@ impl<B: Backend> ModernBertForSequenceClassification<B> {
     }
 }
 
-impl<B: Backend> ModernBertForTokenClassification<B> {
+impl<B: KernelBackend> ModernBertForTokenClassification<B> {
     /// Class logits for every position.
     ///
     /// # Shapes
@@ -272,7 +274,7 @@ impl<B: Backend> ModernBertForTokenClassification<B> {
     pub fn forward(&self, input: ModernBertInput<B>) -> Result<TaskOutput<B, 3>, InputError> {
         let output = self.model.forward(input)?;
         let hidden = self.head.forward(output.last_hidden_state.clone());
-        let logits = self.classifier.forward(self.drop.forward(hidden));
+        let logits = linear(&self.classifier, self.drop.forward(hidden));
         Ok(TaskOutput {
             logits,
             last_hidden_state: output.last_hidden_state,

@@ -10,6 +10,8 @@ use burn::nn::{LayerNorm, LayerNormConfig};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Tensor};
 
+use modernbert_kernels::Backend as KernelBackend;
+
 use crate::attention::{ModernBertAttention, ModernBertAttentionConfig};
 use crate::config::LayerType;
 use crate::mlp::{ModernBertMlp, ModernBertMlpConfig};
@@ -69,7 +71,7 @@ impl ModernBertEncoderLayerConfig {
     }
 }
 
-impl<B: Backend> ModernBertEncoderLayer<B> {
+impl<B: KernelBackend> ModernBertEncoderLayer<B> {
     /// `mask` and `rope` must be the ones for this layer's [`LayerType`].
     ///
     /// # Shapes

@@ -36,6 +36,9 @@ pub use heads::{
     TaskOutput,
 };
 pub use model::{ModernBertInput, ModernBertModel, ModernBertOutput};
+/// The backend bound of the forward passes: any Burn backend with modernbert's extension
+/// (NdArray, Wgpu, Cuda, and each under `Autodiff`).
+pub use modernbert_kernels::Backend;
 pub use tokenizer::{ModernBertTokenizer, TokenizedBatch, Truncation};
 pub use weights::HfModel;
 

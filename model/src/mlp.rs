@@ -10,6 +10,7 @@ use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
 use burn::tensor::activation::gelu;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
+use modernbert_kernels::{linear, Backend as KernelBackend};
 
 /// Configuration of [`ModernBertMlp`]; made by
 /// [`ModernBertConfig::mlp`](crate::ModernBertConfig::mlp).
@@ -57,14 +58,14 @@ impl ModernBertMlpConfig {
     }
 }
 
-impl<B: Backend> ModernBertMlp<B> {
+impl<B: KernelBackend> ModernBertMlp<B> {
     /// # Shapes
     /// - x: `[..., hidden_size]`
     /// - output: `[..., hidden_size]`
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let mut halves = self.Wi.forward(x).chunk(2, D - 1);
+        let mut halves = linear(&self.Wi, x).chunk(2, D - 1);
         let gate = halves.pop().expect("chunk(2) yields two halves");
         let input = halves.pop().expect("chunk(2) yields two halves");
-        self.Wo.forward(self.drop.forward(gelu(input) * gate))
+        linear(&self.Wo, self.drop.forward(gelu(input) * gate))
     }
 }

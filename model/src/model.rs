@@ -8,6 +8,8 @@ use burn::nn::{LayerNorm, LayerNormConfig};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 
+use modernbert_kernels::Backend as KernelBackend;
+
 use crate::attention::{AttentionMask, ModernBertAttentionConfig};
 use crate::config::{LayerType, ModernBertConfig};
 use crate::embeddings::{ModernBertEmbeddings, ModernBertEmbeddingsConfig};
@@ -193,7 +195,7 @@ impl ModernBertConfig {
     }
 }
 
-impl<B: Backend> ModernBertModel<B> {
+impl<B: KernelBackend> ModernBertModel<B> {
     /// Runs the encoder on a right-padded batch (padded reference path).
     ///
     /// # Shapes

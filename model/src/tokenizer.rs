@@ -51,9 +51,9 @@ impl ModernBertTokenizer {
     /// parsed or disagrees with the config.
     pub fn from_file(path: impl AsRef<Path>, config: &ModernBertConfig) -> Result<Self, LoadError> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|source| LoadError::Io {
+        let bytes = std::fs::read(path).map_err(|error| LoadError::Io {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         let mut inner = Tokenizer::from_bytes(&bytes).map_err(|e| LoadError::Tokenizer {
             path: path.to_path_buf(),

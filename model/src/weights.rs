@@ -173,9 +173,9 @@ pub trait HfModel<B: Backend>: Module<B> {
     /// [`SaveError`] if a file cannot be written.
     fn save_pretrained(&self, dir: impl AsRef<Path>) -> Result<(), SaveError> {
         let dir = dir.as_ref();
-        std::fs::create_dir_all(dir).map_err(|source| SaveError::Io {
+        std::fs::create_dir_all(dir).map_err(|error| SaveError::Io {
             path: dir.to_path_buf(),
-            source,
+            error,
         })?;
         let prefix = if Self::ARCHITECTURE == ModernBertModel::<B>::ARCHITECTURE {
             ""
@@ -190,9 +190,9 @@ pub trait HfModel<B: Backend>: Module<B> {
         let config_path = dir.join("config.json");
         let json = serde_json::to_string_pretty(&self.config().to_hf(Self::ARCHITECTURE))
             .expect("HfConfig serializes to JSON");
-        std::fs::write(&config_path, json).map_err(|source| SaveError::Io {
+        std::fs::write(&config_path, json).map_err(|error| SaveError::Io {
             path: config_path,
-            source,
+            error,
         })
     }
 }

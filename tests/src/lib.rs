@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use burn::tensor::backend::Backend;
+use modernbert::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use modernbert::{
     HfModel, ModernBertForMaskedLM, ModernBertForSequenceClassification,
@@ -13,9 +13,13 @@ use modernbert::{
 use safetensors::SafeTensors;
 use serde::Deserialize;
 
-/// The fixtures folder of this crate.
+/// The fixtures folder: `MODERNBERT_FIXTURES` if set (for test binaries copied to another
+/// machine), else this crate's `fixtures/`.
 pub fn fixtures_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+    match std::env::var_os("MODERNBERT_FIXTURES") {
+        Some(dir) => PathBuf::from(dir),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures"),
+    }
 }
 
 /// Which HF class a fixture checkpoint is.

@@ -4,7 +4,7 @@
 use modernbert::{ModernBertConfig, ModernBertTokenizer, Truncation};
 use modernbert_tests::{fixtures_dir, parity, Fixture};
 
-fn check_all<B: burn::tensor::backend::Backend>(device: &B::Device, tolerance: f32) {
+fn check_all<B: modernbert::Backend>(device: &B::Device, tolerance: f32) {
     let fixtures = Fixture::all();
     assert!(
         fixtures.len() >= 7,

@@ -1,0 +1,105 @@
+//! The backend extension of modernbert-burn: operations the model needs that some
+//! backends run better (or more exactly) than Burn's generic ops.
+//!
+//! Model code calls the free functions here ([`matmul`], [`linear`]); each backend picks
+//! its implementation through [`Backend`]. Backends without a specialised kernel use the
+//! default methods, which are plain Burn ops.
+
+use burn::module::Param;
+use burn::nn::Linear;
+use burn::tensor::ops::FloatTensor;
+use burn::tensor::{Tensor, TensorPrimitive};
+
+#[cfg(feature = "cube")]
+mod cube;
+
+/// A Burn backend with modernbert's extension operations.
+pub trait Backend: burn::tensor::backend::Backend {
+    /// Matrix product with the precision of the tensors' dtype: f32 inputs are multiplied
+    /// in full f32, never silently in TF32 (Burn's CUDA matmul rounds f32 operands to TF32
+    /// on tensor cores, a 1e-3 relative error; PyTorch keeps f32 unless told otherwise).
+    ///
+    /// # Shapes
+    /// - lhs: `[..., m, k]`, rhs: `[..., k, n]` (batch dims broadcast)
+    /// - output: `[..., m, n]`
+    fn matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {
+        Self::float_matmul(lhs, rhs)
+    }
+}
+
+#[cfg(feature = "ndarray")]
+impl<E, I, Q> Backend for burn::backend::NdArray<E, I, Q>
+where
+    E: burn::backend::ndarray::FloatNdArrayElement,
+    I: burn::backend::ndarray::IntNdArrayElement,
+    Q: burn::backend::ndarray::QuantElement,
+    burn::backend::ndarray::NdArrayTensor: From<burn::backend::ndarray::SharedArray<E>>,
+    burn::backend::ndarray::NdArrayTensor: From<burn::backend::ndarray::SharedArray<I>>,
+{
+}
+
+/// Under autodiff, Burn's differentiable ops are used (gradients need them).
+#[cfg(feature = "autodiff")]
+impl<B: Backend, C: burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy> Backend
+    for burn::backend::Autodiff<B, C>
+{
+}
+
+/// [`Backend::matmul`] on tensors.
+///
+/// # Shapes
+/// - lhs: `[..., m, k]`, rhs: `[..., k, n]`
+/// - output: `[..., m, n]`
+pub fn matmul<B: Backend, const D: usize>(lhs: Tensor<B, D>, rhs: Tensor<B, D>) -> Tensor<B, D> {
+    let out = B::matmul(lhs.into_primitive().tensor(), rhs.into_primitive().tensor());
+    Tensor::from_primitive(TensorPrimitive::Float(out))
+}
+
+/// `x · W (+ b)` for a Burn [`Linear`] (weight `[d_in, d_out]`), through [`matmul`].
+///
+/// # Shapes
+/// - x: `[..., d_in]`
+/// - output: `[..., d_out]`
+pub fn linear<B: Backend, const D: usize>(layer: &Linear<B>, x: Tensor<B, D>) -> Tensor<B, D> {
+    linear_weight(x, layer.weight.val(), layer.bias.as_ref().map(Param::val))
+}
+
+/// `x · weight (+ bias)` with an explicit weight `[d_in, d_out]`.
+///
+/// # Shapes
+/// - x: `[..., d_in]`, weight: `[d_in, d_out]`, bias: `[d_out]`
+/// - output: `[..., d_out]`
+pub fn linear_weight<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    weight: Tensor<B, 2>,
+    bias: Option<Tensor<B, 1>>,
+) -> Tensor<B, D> {
+    let mut dims = x.dims();
+    let [d_in, d_out] = weight.dims();
+    let rows = x.shape().num_elements() / d_in.max(1);
+    let y = matmul(x.reshape([rows, d_in]), weight);
+    let y = match bias {
+        Some(bias) => y + bias.unsqueeze::<2>(),
+        None => y,
+    };
+    dims[D - 1] = d_out;
+    y.reshape(dims)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::NdArray;
+    use burn::tensor::Distribution;
+
+    #[test]
+    fn linear_matches_burn_linear() {
+        let device = Default::default();
+        let layer = burn::nn::LinearConfig::new(5, 3).init::<NdArray>(&device);
+        let x = Tensor::<NdArray, 3>::random([2, 4, 5], Distribution::Default, &device);
+        let ours = linear(&layer, x.clone());
+        let burns = layer.forward(x);
+        let diff: f32 = (ours - burns).abs().max().into_scalar();
+        assert!(diff < 1e-6, "max diff {diff}");
+    }
+}

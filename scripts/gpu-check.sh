@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Runs every GPU-side check in one device call and writes logs under $OUT.
+#
+# Prepare here (the device has no Rust):  scripts/build-gpu-bin.sh
+# Then on the device (repository root):   bash scripts/gpu-check.sh
+#
+# Checks: HF-fixture parity on Cuda (f32, <= 1e-4); save -> transformers load round trip
+# (python3 there has torch + transformers); full-size random-init ModernBERT-base at 1024
+# tokens vs transformers on the same GPU.
+set -uo pipefail
+OUT=${OUT:-/tmp/gpu-check}
+mkdir -p "$OUT"
+tar -C /tmp -xJf gpu-bin/bins.tar.xz
+BIN=/tmp/bin
+export MODERNBERT_FIXTURES=$PWD/tests/fixtures MODERNBERT_PYTHON=python3 RUST_BACKTRACE=1
+status=0
+step() { # name, command...
+  local name=$1; shift
+  echo "=== $name: $*" | tee -a "$OUT/summary.txt"
+  if "$@" >"$OUT/$name.log" 2>&1; then echo "--- $name: ok" | tee -a "$OUT/summary.txt"
+  else echo "--- $name: FAILED" | tee -a "$OUT/summary.txt"; status=1; fi
+  grep -E "max relative error|PASS|FAIL|roundtrip ok|test result|SKIPPED|panicked" "$OUT/$name.log" | head -40 | tee -a "$OUT/summary.txt"
+}
+
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee -a "$OUT/summary.txt"
+python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" | tee -a "$OUT/summary.txt"
+
+step cuda_fixture_parity "$BIN/parity" tests/fixtures/*/ --backend cuda --tolerance 1e-4
+step hf_roundtrip "$BIN/hf_roundtrip" --nocapture --test-threads 1
+step make_base_reference python3 scripts/make_reference.py /tmp/base-1024 --preset base --lengths 1024,517
+step cuda_base_1024_parity "$BIN/parity" /tmp/base-1024 --backend cuda --tolerance 1e-4
+exit $status
