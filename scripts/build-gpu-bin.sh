@@ -5,11 +5,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build -p modernbert-tests --features cuda --bin parity
-roundtrip=$(cargo test -p modernbert-tests --features cuda --test hf_roundtrip --no-run 2>&1 \
-  | sed -n 's/.*Executable tests\/hf_roundtrip.rs (\(.*\))/\1/p')
+cargo build -p modernbert-infer --features cuda --bin attention-bench
+test_binary() { # the executable of an integration test of modernbert-tests
+  cargo test -p modernbert-tests --features cuda --test "$1" --no-run 2>&1 \
+    | sed -n "s/.*Executable tests\/$1.rs (\(.*\))/\1/p"
+}
 rm -rf gpu-bin && mkdir -p gpu-bin/bin
-cp target/debug/parity gpu-bin/bin/parity
-cp "$roundtrip" gpu-bin/bin/hf_roundtrip
+cp target/debug/parity target/debug/attention-bench gpu-bin/bin/
+for t in hf_roundtrip attention_kernel; do cp "$(test_binary $t)" "gpu-bin/bin/$t"; done
 strip gpu-bin/bin/*
 tar -C gpu-bin -cJf gpu-bin/bins.tar.xz bin && rm -rf gpu-bin/bin
 ls -la gpu-bin

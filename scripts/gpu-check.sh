@@ -4,9 +4,11 @@
 # Prepare here (the device has no Rust):  scripts/build-gpu-bin.sh
 # Then on the device (repository root):   bash scripts/gpu-check.sh
 #
-# Checks: HF-fixture parity on Cuda (f32, <= 1e-4); save -> transformers load round trip
-# (python3 there has torch + transformers); full-size random-init ModernBERT-base at 1024
-# tokens vs transformers on the same GPU.
+# Checks: HF-fixture parity on Cuda (f32, <= 1e-4, unpadded and padded); save -> transformers
+# load round trip (python3 there has torch + transformers); full-size random-init
+# ModernBERT-base at 1024 tokens vs transformers on the same GPU; our attention kernel vs
+# the reference (f32, f16, bf16). Benchmarks: our attention kernel, then PyTorch's on the
+# same shapes.
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu-check}
 mkdir -p "$OUT"
@@ -19,7 +21,7 @@ step() { # name, command...
   echo "=== $name: $*" | tee -a "$OUT/summary.txt"
   if "$@" >"$OUT/$name.log" 2>&1; then echo "--- $name: ok" | tee -a "$OUT/summary.txt"
   else echo "--- $name: FAILED" | tee -a "$OUT/summary.txt"; status=1; fi
-  grep -E "max relative error|PASS|FAIL|roundtrip ok|test result|SKIPPED|panicked" "$OUT/$name.log" | head -40 | tee -a "$OUT/summary.txt"
+  grep -E "max relative error|PASS|FAIL|roundtrip ok|test result|SKIPPED|panicked|head_dim|passed" "$OUT/$name.log" | head -60 | tee -a "$OUT/summary.txt"
 }
 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee -a "$OUT/summary.txt"
@@ -29,4 +31,8 @@ step cuda_fixture_parity "$BIN/parity" tests/fixtures/*/ --backend cuda --tolera
 step hf_roundtrip "$BIN/hf_roundtrip" --nocapture --test-threads 1
 step make_base_reference python3 scripts/make_reference.py /tmp/base-1024 --preset base --lengths 1024,517
 step cuda_base_1024_parity "$BIN/parity" /tmp/base-1024 --backend cuda --tolerance 1e-4
+step cuda_attention_kernel "$BIN/attention_kernel" --nocapture --test-threads 1 cuda
+echo "=== attention benchmark (ours, then PyTorch)" | tee -a "$OUT/summary.txt"
+"$BIN/attention-bench" --backend cuda --dtype bf16 2>&1 | tee "$OUT/bench_attention.md" | tee -a "$OUT/summary.txt"
+python3 scripts/bench_attention_torch.py 2>&1 | tee -a "$OUT/bench_attention.md" | tee -a "$OUT/summary.txt"
 exit $status

@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use modernbert::Backend;
 use clap::{Parser, Subcommand};
+use modernbert::Backend;
 use modernbert_infer::{with_backend, BackendKind, FillMask};
 
 /// ModernBERT on Burn: run HuggingFace ModernBERT checkpoints on CPU or GPU.

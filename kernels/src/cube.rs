@@ -1,6 +1,6 @@
 //! [`Backend`] for Burn's CubeCL backends (Cuda, Wgpu).
 
-use burn::tensor::ops::{FloatTensor, FloatTensorOps};
+use burn::tensor::ops::{FloatTensor, FloatTensorOps, IntTensor};
 use burn::tensor::DType;
 use burn_cubecl::cubecl::ir::{ElemType, FloatKind, StorageType};
 use burn_cubecl::kernel::matmul::init_matmul_output;
@@ -9,7 +9,8 @@ use cubek::matmul::definition::{MatmulElems, MatmulGlobalElems};
 use cubek::matmul::launch::{launch_ref, Strategy};
 use cubek::std::InputBinding;
 
-use crate::Backend;
+use crate::attention::forward::varlen_attention_forward;
+use crate::{Backend, VarlenMeta};
 
 impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> Backend
     for CubeBackend<R, F, I, BT>
@@ -49,5 +50,15 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> Backend
             lhs.meta.shape(),
             rhs.meta.shape()
         )
+    }
+
+    fn varlen_attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        cu_seqlens: IntTensor<Self>,
+        meta: &VarlenMeta,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        varlen_attention_forward(q, k, v, cu_seqlens, meta)
     }
 }

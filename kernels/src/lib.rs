@@ -7,11 +7,17 @@
 
 use burn::module::Param;
 use burn::nn::Linear;
-use burn::tensor::ops::FloatTensor;
+use burn::tensor::ops::{FloatTensor, IntTensor};
 use burn::tensor::{Tensor, TensorPrimitive};
 
+pub mod attention;
 #[cfg(feature = "cube")]
 mod cube;
+
+pub use attention::{
+    varlen_attention, AttentionError, CuSeqlens, VarlenAttentionOptions, VarlenAttentionOutput,
+    VarlenMeta,
+};
 
 /// A Burn backend with modernbert's extension operations.
 pub trait Backend: burn::tensor::backend::Backend {
@@ -24,6 +30,23 @@ pub trait Backend: burn::tensor::backend::Backend {
     /// - output: `[..., m, n]`
     fn matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {
         Self::float_matmul(lhs, rhs)
+    }
+
+    /// Flash attention over packed sequences (see [`varlen_attention`], which validates the
+    /// arguments); returns `(out [total, heads, head_dim], lse [total, heads])`.
+    /// The default is the exact reference in plain tensor ops.
+    fn varlen_attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        cu_seqlens: IntTensor<Self>,
+        meta: &VarlenMeta,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let _ = cu_seqlens; // the reference reads the host copy in `meta`
+        let wrap = |t| Tensor::<Self, 3>::from_primitive(TensorPrimitive::Float(t));
+        let (out, lse) =
+            attention::reference::varlen_attention_reference(wrap(q), wrap(k), wrap(v), meta);
+        (out.into_primitive().tensor(), lse.into_primitive().tensor())
     }
 }
 

@@ -1,9 +1,10 @@
 //! Multi-head self-attention with a fused `Wqkv` projection, RoPE, and either global or
 //! sliding-window attention.
 //!
-//! This is the padded reference path: dense `[batch, heads, seq, seq]` scores with a boolean
-//! mask for padding and for the sliding window. It is exact on every backend and is the
-//! oracle the fused kernels are tested against.
+//! Two layouts: the padded reference path (dense `[batch, heads, seq, seq]` scores with a
+//! boolean mask for padding and the sliding window; exact on every backend, the oracle) and
+//! the unpadded path (packed real tokens, `modernbert_kernels::varlen_attention`: our
+//! flash-attention kernel on CubeCL backends).
 //!
 //! HF: `ModernBertAttention` + `eager_attention_forward` in `modeling_modernbert.py`.
 #![allow(non_snake_case)]
@@ -13,9 +14,12 @@ use burn::module::{Initializer, Module};
 use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
 use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Bool, DType, Int, Tensor};
+use burn::tensor::{Bool, Int, Tensor};
 
-use modernbert_kernels::{linear, matmul, Backend as KernelBackend};
+use modernbert_kernels::attention::reference::mask_value;
+use modernbert_kernels::{
+    linear, matmul, varlen_attention, Backend as KernelBackend, CuSeqlens, VarlenAttentionOptions,
+};
 
 use crate::rope::RopeAngles;
 
@@ -106,51 +110,77 @@ impl ModernBertAttentionConfig {
     }
 }
 
-impl<B: KernelBackend> ModernBertAttention<B> {
-    /// Attention over a padded batch; `mask` is the global or local mask of
-    /// [`AttentionMask`], `rope` the angles for this layer's θ.
-    ///
-    /// # Shapes
-    /// - x: `[batch, seq, H]`
-    /// - mask: `[batch, 1, seq, seq]`, `true` = masked
-    /// - output: `[batch, seq, H]`
-    pub fn forward(
-        &self,
-        x: Tensor<B, 3>,
+/// How a batch is laid out, with what attention needs for that layout.
+#[derive(Debug, Clone)]
+pub enum AttentionBatch<'a, B: KernelBackend> {
+    /// Hidden states `[batch, seq, H]`; the reference path with a dense mask
+    /// `[batch, 1, seq, seq]` (`true` = masked, from [`AttentionMask`]).
+    Padded {
+        /// The global or local mask, for this layer's type.
         mask: Tensor<B, 4, Bool>,
-        rope: &RopeAngles<B>,
-    ) -> Tensor<B, 3> {
-        let [batch, seq, hidden] = x.dims();
-        let head_dim = hidden / self.num_heads;
-        // [batch, seq, 3, heads, head_dim] → three [batch, heads, seq, head_dim].
-        let qkv = linear(&self.Wqkv, x).reshape([batch, seq, 3, self.num_heads, head_dim]);
-        let part = |i| {
-            qkv.clone()
-                .narrow(2, i, 1)
-                .reshape([batch, seq, self.num_heads, head_dim])
-                .swap_dims(1, 2)
-        };
-        let (q, k, v) = (rope.apply(part(0)), rope.apply(part(1)), part(2));
-
-        let scale = (head_dim as f64).powf(-0.5);
-        let q_dtype = q.dtype();
-        let scores = matmul(q, k.swap_dims(2, 3)) * scale;
-        // The most negative finite value, not -inf: a padded query on a local layer can have
-        // every key masked, and -inf would turn its row (and, through 0 · NaN, others) into NaN.
-        let probs = softmax(scores.mask_fill(mask, most_negative(q_dtype)), 3);
-        let out = matmul(self.attn_drop.forward(probs), v);
-        let out = out.swap_dims(1, 2).reshape([batch, seq, hidden]);
-        self.out_drop.forward(linear(&self.Wo, out))
-    }
+        /// RoPE angles for this layer's θ.
+        rope: &'a RopeAngles<B, 4>,
+    },
+    /// Hidden states `[1, total_nnz, H]`, real tokens only; variable-length attention.
+    Unpadded {
+        /// Sequence offsets.
+        cu_seqlens: &'a CuSeqlens<B>,
+        /// `Some(local_attention / 2)` on local layers.
+        window: Option<usize>,
+        /// RoPE angles for this layer's θ.
+        rope: &'a RopeAngles<B, 3>,
+    },
 }
 
-/// The most negative finite value of a float dtype (HF masks with `finfo(dtype).min`).
-fn most_negative(dtype: DType) -> f64 {
-    match dtype {
-        DType::F16 => half::f16::MIN.to_f64(),
-        DType::BF16 => half::bf16::MIN.to_f64(),
-        DType::F64 => f64::MIN,
-        _ => f32::MIN as f64,
+impl<B: KernelBackend> ModernBertAttention<B> {
+    /// # Shapes
+    /// - x: `[batch, seq, H]` (padded) or `[1, total_nnz, H]` (unpadded)
+    /// - output: same as x
+    ///
+    /// Probability dropout (`attn_drop`) applies on the padded path only; both paths apply
+    /// `out_drop`.
+    pub fn forward(&self, x: Tensor<B, 3>, batch: AttentionBatch<'_, B>) -> Tensor<B, 3> {
+        let [rows, seq, hidden] = x.dims();
+        let (heads, head_dim) = (self.num_heads, hidden / self.num_heads);
+        let qkv = linear(&self.Wqkv, x);
+        let out = match batch {
+            AttentionBatch::Padded { mask, rope } => {
+                // [batch, seq, 3, heads, head_dim] → three [batch, heads, seq, head_dim].
+                let qkv = qkv.reshape([rows, seq, 3, heads, head_dim]);
+                let part = |i| {
+                    qkv.clone()
+                        .narrow(2, i, 1)
+                        .reshape([rows, seq, heads, head_dim])
+                        .swap_dims(1, 2)
+                };
+                let (q, k, v) = (rope.apply(part(0)), rope.apply(part(1)), part(2));
+                let scale = (head_dim as f64).powf(-0.5);
+                let fill = mask_value(q.dtype());
+                let scores = matmul(q, k.swap_dims(2, 3)) * scale;
+                let probs = softmax(scores.mask_fill(mask, fill), 3);
+                let out = matmul(self.attn_drop.forward(probs), v);
+                out.swap_dims(1, 2).reshape([rows, seq, hidden])
+            }
+            AttentionBatch::Unpadded {
+                cu_seqlens,
+                window,
+                rope,
+            } => {
+                // [total_nnz, 3, heads, head_dim] → three [total_nnz, heads, head_dim].
+                let qkv = qkv.reshape([seq, 3, heads, head_dim]);
+                let part = |i| qkv.clone().narrow(1, i, 1).reshape([seq, heads, head_dim]);
+                let (q, k, v) = (rope.apply(part(0)), rope.apply(part(1)), part(2));
+                let options = VarlenAttentionOptions {
+                    window,
+                    scale: None,
+                };
+                varlen_attention(q, k, v, cu_seqlens, options)
+                    .expect("q, k, v and cu_seqlens come from one unpadded batch")
+                    .out
+                    .reshape([1, seq, hidden])
+            }
+        };
+        self.out_drop.forward(linear(&self.Wo, out))
     }
 }
 

@@ -8,14 +8,13 @@ use burn::config::Config;
 use burn::module::Module;
 use burn::nn::{LayerNorm, LayerNormConfig};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Bool, Tensor};
+use burn::tensor::Tensor;
 
 use modernbert_kernels::Backend as KernelBackend;
 
-use crate::attention::{ModernBertAttention, ModernBertAttentionConfig};
+use crate::attention::{AttentionBatch, ModernBertAttention, ModernBertAttentionConfig};
 use crate::config::LayerType;
 use crate::mlp::{ModernBertMlp, ModernBertMlpConfig};
-use crate::rope::RopeAngles;
 
 /// Configuration of [`ModernBertEncoderLayer`]; made by
 /// [`ModernBertConfig::layer`](crate::ModernBertConfig::layer).
@@ -72,23 +71,18 @@ impl ModernBertEncoderLayerConfig {
 }
 
 impl<B: KernelBackend> ModernBertEncoderLayer<B> {
-    /// `mask` and `rope` must be the ones for this layer's [`LayerType`].
+    /// `batch` must carry the mask (padded) or window (unpadded) and the RoPE angles of
+    /// this layer's [`LayerType`].
     ///
     /// # Shapes
-    /// - hidden: `[batch, seq, H]`
-    /// - mask: `[batch, 1, seq, seq]`, `true` = masked
-    /// - output: `[batch, seq, H]`
-    pub fn forward(
-        &self,
-        hidden: Tensor<B, 3>,
-        mask: Tensor<B, 4, Bool>,
-        rope: &RopeAngles<B>,
-    ) -> Tensor<B, 3> {
+    /// - hidden: `[batch, seq, H]` (padded) or `[1, total_nnz, H]` (unpadded)
+    /// - output: same as hidden
+    pub fn forward(&self, hidden: Tensor<B, 3>, batch: AttentionBatch<'_, B>) -> Tensor<B, 3> {
         let normed = match &self.attn_norm {
             Some(norm) => norm.forward(hidden.clone()),
             None => hidden.clone(),
         };
-        let hidden = hidden + self.attn.forward(normed, mask, rope);
+        let hidden = hidden + self.attn.forward(normed, batch);
         hidden.clone() + self.mlp.forward(self.mlp_norm.forward(hidden))
     }
 }

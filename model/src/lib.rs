@@ -27,6 +27,7 @@ pub mod mlp;
 pub mod model;
 pub mod rope;
 pub mod tokenizer;
+pub mod unpad;
 pub mod weights;
 
 pub use config::{HfConfig, LayerType, ModernBertConfig, Pooling};
@@ -35,11 +36,12 @@ pub use heads::{
     ModernBertForMaskedLM, ModernBertForSequenceClassification, ModernBertForTokenClassification,
     TaskOutput,
 };
-pub use model::{ModernBertInput, ModernBertModel, ModernBertOutput};
+pub use model::{Execution, ModernBertInput, ModernBertModel, ModernBertOutput};
 /// The backend bound of the forward passes: any Burn backend with modernbert's extension
 /// (NdArray, Wgpu, Cuda, and each under `Autodiff`).
 pub use modernbert_kernels::Backend;
 pub use tokenizer::{ModernBertTokenizer, TokenizedBatch, Truncation};
+pub use unpad::UnpaddedInput;
 pub use weights::HfModel;
 
 /// Backend of the unit tests.

@@ -10,13 +10,25 @@ use burn::tensor::{Int, Tensor, TensorData};
 
 use modernbert_kernels::Backend as KernelBackend;
 
-use crate::attention::{AttentionMask, ModernBertAttentionConfig};
+use crate::attention::{AttentionBatch, AttentionMask, ModernBertAttentionConfig};
 use crate::config::{LayerType, ModernBertConfig};
 use crate::embeddings::{ModernBertEmbeddings, ModernBertEmbeddingsConfig};
 use crate::error::InputError;
 use crate::layer::{ModernBertEncoderLayer, ModernBertEncoderLayerConfig};
 use crate::mlp::ModernBertMlpConfig;
-use crate::rope::RotaryEmbeddingConfig;
+use crate::rope::{RotaryEmbedding, RotaryEmbeddingConfig};
+use crate::unpad::UnpaddedInput;
+
+/// How the encoder runs a padded batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Execution {
+    /// Unpad, run every layer on real tokens only with variable-length attention (our
+    /// kernel on Cuda/Wgpu), pad the output back. The fast path.
+    #[default]
+    Unpadded,
+    /// Dense attention with masks over the whole `[batch, seq]` grid: the exact reference.
+    Padded,
+}
 
 /// A batch of right-padded token sequences.
 #[derive(Debug, Clone)]
@@ -25,6 +37,8 @@ pub struct ModernBertInput<B: Backend> {
     pub input_ids: Tensor<B, 2, Int>,
     /// `[batch, seq]`, 1 for real tokens, 0 for padding (HF convention).
     pub attention_mask: Tensor<B, 2, Int>,
+    /// Unpadded (default) or padded reference execution.
+    pub execution: Execution,
 }
 
 impl<B: Backend> ModernBertInput<B> {
@@ -34,12 +48,19 @@ impl<B: Backend> ModernBertInput<B> {
         Self {
             input_ids,
             attention_mask,
+            execution: Execution::default(),
         }
     }
 
     /// Sets the padding mask (1 = real token, 0 = padding). Padding must be on the right.
     pub fn with_attention_mask(mut self, attention_mask: Tensor<B, 2, Int>) -> Self {
         self.attention_mask = attention_mask;
+        self
+    }
+
+    /// Chooses unpadded (default) or padded reference execution.
+    pub fn with_execution(mut self, execution: Execution) -> Self {
+        self.execution = execution;
         self
     }
 
@@ -90,6 +111,7 @@ impl<B: Backend> ModernBertInput<B> {
         Ok(Self {
             input_ids: Tensor::from_data(TensorData::new(ids, shape), device),
             attention_mask: Tensor::from_data(TensorData::new(mask, shape), device),
+            execution: Execution::default(),
         })
     }
 }
@@ -196,17 +218,88 @@ impl ModernBertConfig {
 }
 
 impl<B: KernelBackend> ModernBertModel<B> {
-    /// Runs the encoder on a right-padded batch (padded reference path).
+    /// Runs the encoder on a right-padded batch, as `input.execution` says: by default it
+    /// unpads the batch, runs every layer on real tokens only (variable-length attention,
+    /// our kernel on Cuda/Wgpu) and pads the result back; [`Execution::Padded`] runs the
+    /// dense reference instead.
     ///
     /// # Shapes
     /// - input.input_ids, input.attention_mask: `[batch, seq]`
-    /// - output.last_hidden_state: `[batch, seq, H]`
+    /// - output.last_hidden_state: `[batch, seq, H]`; rows at padding hold no meaning
     ///
     /// # Errors
-    /// [`InputError::Empty`] for a zero-sized batch, [`InputError::TooLong`] when `seq`
-    /// exceeds `max_position_embeddings`, [`InputError::Shape`] when the mask's shape differs
-    /// from the ids'.
+    /// [`InputError::Empty`] for a zero-sized batch or a row without real tokens,
+    /// [`InputError::TooLong`] when `seq` exceeds `max_position_embeddings`,
+    /// [`InputError::Shape`] when the mask's shape differs from the ids'.
     pub fn forward(&self, input: ModernBertInput<B>) -> Result<ModernBertOutput<B>, InputError> {
+        self.check(&input)?;
+        if input.execution == Execution::Padded {
+            return Ok(self.forward_padded(input));
+        }
+        let unpadded = UnpaddedInput::from_padded(&input)?;
+        let hidden = self.forward_unpadded(&unpadded);
+        Ok(ModernBertOutput {
+            last_hidden_state: unpadded.pad(hidden),
+            attention_mask: input.attention_mask,
+        })
+    }
+
+    /// The encoder on packed tokens (see [`UnpaddedInput`]).
+    ///
+    /// # Shapes
+    /// - output: `[total_nnz, H]`
+    pub fn forward_unpadded(&self, input: &UnpaddedInput<B>) -> Tensor<B, 2> {
+        let [total] = input.input_ids.dims();
+        let (global_rope, local_rope) =
+            self.rope(|rope| rope.angles_unpadded(input.positions.clone()));
+        let window = self.config.local_attention / 2;
+        let hidden = self
+            .embeddings
+            .forward(input.input_ids.clone().reshape([1, total]));
+        let hidden = self.layers(hidden, |layer_type| match layer_type {
+            LayerType::Global => AttentionBatch::Unpadded {
+                cu_seqlens: &input.cu_seqlens,
+                window: None,
+                rope: &global_rope,
+            },
+            LayerType::Local => AttentionBatch::Unpadded {
+                cu_seqlens: &input.cu_seqlens,
+                window: Some(window),
+                rope: &local_rope,
+            },
+        });
+        let [_, _, h] = hidden.dims();
+        hidden.reshape([total, h])
+    }
+
+    /// The padded reference path ([`Execution::Padded`]), on a checked input.
+    fn forward_padded(&self, input: ModernBertInput<B>) -> ModernBertOutput<B> {
+        let [batch, seq] = input.input_ids.dims();
+        let device = input.input_ids.device();
+        // Right padding: position = index in the row, restarting at 0 for every sequence.
+        let positions = Tensor::<B, 1, Int>::arange(0..seq as i64, &device)
+            .reshape([1, seq])
+            .expand([batch, seq]);
+        let (global_rope, local_rope) = self.rope(|rope| rope.angles(positions.clone()));
+        let masks = AttentionMask::new(input.attention_mask.clone(), self.config.local_attention);
+        let hidden = self.embeddings.forward(input.input_ids);
+        let hidden = self.layers(hidden, |layer_type| match layer_type {
+            LayerType::Global => AttentionBatch::Padded {
+                mask: masks.global.clone(),
+                rope: &global_rope,
+            },
+            LayerType::Local => AttentionBatch::Padded {
+                mask: masks.local.clone(),
+                rope: &local_rope,
+            },
+        });
+        ModernBertOutput {
+            last_hidden_state: hidden,
+            attention_mask: input.attention_mask,
+        }
+    }
+
+    fn check(&self, input: &ModernBertInput<B>) -> Result<(), InputError> {
         let [batch, seq] = input.input_ids.dims();
         if batch == 0 || seq == 0 {
             return Err(InputError::Empty(format!(
@@ -227,35 +320,29 @@ impl<B: KernelBackend> ModernBertModel<B> {
                 max,
             });
         }
+        Ok(())
+    }
 
-        let device = input.input_ids.device();
-        // Right padding: position = index in the row, restarting at 0 for every sequence.
-        let positions = Tensor::<B, 1, Int>::arange(0..seq as i64, &device)
-            .reshape([1, seq])
-            .expand([batch, seq]);
-        let head_dim = self.config.head_dim();
-        let rope = |theta| {
-            RotaryEmbeddingConfig::new(head_dim, theta)
-                .init::<B>(&device)
-                .angles(positions.clone())
-        };
-        let (global_rope, local_rope) = (
+    /// `angles` of the global and the local rotary embedding.
+    fn rope<T>(&self, angles: impl Fn(RotaryEmbedding<B>) -> T) -> (T, T) {
+        let device = self.final_norm.gamma.lazy_device();
+        let rope =
+            |theta| angles(RotaryEmbeddingConfig::new(self.config.head_dim(), theta).init(&device));
+        (
             rope(self.config.global_rope_theta),
             rope(self.config.local_rope_theta),
-        );
-        let masks = AttentionMask::new(input.attention_mask.clone(), self.config.local_attention);
+        )
+    }
 
-        let mut hidden = self.embeddings.forward(input.input_ids);
+    /// Every layer, then `final_norm`; `batch` gives each layer what its type needs.
+    fn layers<'a>(
+        &self,
+        mut hidden: Tensor<B, 3>,
+        batch: impl Fn(LayerType) -> AttentionBatch<'a, B>,
+    ) -> Tensor<B, 3> {
         for layer in &self.layers {
-            let (mask, rope) = match layer.layer_type {
-                LayerType::Global => (masks.global.clone(), &global_rope),
-                LayerType::Local => (masks.local.clone(), &local_rope),
-            };
-            hidden = layer.forward(hidden, mask, rope);
+            hidden = layer.forward(hidden, batch(layer.layer_type));
         }
-        Ok(ModernBertOutput {
-            last_hidden_state: self.final_norm.forward(hidden),
-            attention_mask: input.attention_mask,
-        })
+        self.final_norm.forward(hidden)
     }
 }

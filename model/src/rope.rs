@@ -26,13 +26,14 @@ pub struct RotaryEmbedding<B: Backend> {
     inv_freq: Tensor<B, 1>,
 }
 
-/// cos and sin of the rotation angles for a batch of positions.
+/// cos and sin of the rotation angles, shaped to broadcast over the heads of a rank-`D`
+/// query or key tensor.
 #[derive(Debug, Clone)]
-pub struct RopeAngles<B: Backend> {
-    /// `[batch, 1, seq, head_dim]`.
-    pub cos: Tensor<B, 4>,
-    /// `[batch, 1, seq, head_dim]`.
-    pub sin: Tensor<B, 4>,
+pub struct RopeAngles<B: Backend, const D: usize> {
+    /// Padded: `[batch, 1, seq, head_dim]`; unpadded: `[total_nnz, 1, head_dim]`.
+    pub cos: Tensor<B, D>,
+    /// Same shape as `cos`.
+    pub sin: Tensor<B, D>,
 }
 
 impl RotaryEmbeddingConfig {
@@ -50,35 +51,61 @@ impl RotaryEmbeddingConfig {
 }
 
 impl<B: Backend> RotaryEmbedding<B> {
-    /// Angles for integer positions.
+    /// `(cos, sin)` of `position · inv_freq`, duplicated over the two halves.
+    ///
+    /// # Shapes
+    /// - positions: `[n]`
+    /// - output: two `[n, head_dim]`
+    fn table(&self, positions: Tensor<B, 1, Int>) -> (Tensor<B, 2>, Tensor<B, 2>) {
+        let [half] = self.inv_freq.dims();
+        let freqs =
+            positions.float().unsqueeze_dim::<2>(1) * self.inv_freq.clone().reshape([1, half]);
+        let emb = Tensor::cat(vec![freqs.clone(), freqs], 1);
+        (emb.clone().cos(), emb.sin())
+    }
+
+    /// Angles for a padded batch.
     ///
     /// # Shapes
     /// - positions: `[batch, seq]`
     /// - output: cos and sin, `[batch, 1, seq, head_dim]` (broadcast over heads)
-    pub fn angles(&self, positions: Tensor<B, 2, Int>) -> RopeAngles<B> {
-        let [half] = self.inv_freq.dims();
-        let freqs =
-            positions.float().unsqueeze_dim::<3>(2) * self.inv_freq.clone().reshape([1, 1, half]);
-        let emb = Tensor::cat(vec![freqs.clone(), freqs], 2).unsqueeze_dim::<4>(1);
+    pub fn angles(&self, positions: Tensor<B, 2, Int>) -> RopeAngles<B, 4> {
+        let [batch, seq] = positions.dims();
+        let (cos, sin) = self.table(positions.reshape([batch * seq]));
+        let head_dim = cos.dims()[1];
+        let shape = [batch, 1, seq, head_dim];
         RopeAngles {
-            cos: emb.clone().cos(),
-            sin: emb.sin(),
+            cos: cos.reshape(shape),
+            sin: sin.reshape(shape),
+        }
+    }
+
+    /// Angles for packed tokens.
+    ///
+    /// # Shapes
+    /// - positions: `[total_nnz]`
+    /// - output: cos and sin, `[total_nnz, 1, head_dim]` (broadcast over heads)
+    pub fn angles_unpadded(&self, positions: Tensor<B, 1, Int>) -> RopeAngles<B, 3> {
+        let (cos, sin) = self.table(positions);
+        RopeAngles {
+            cos: cos.unsqueeze_dim(1),
+            sin: sin.unsqueeze_dim(1),
         }
     }
 }
 
-impl<B: Backend> RopeAngles<B> {
+impl<B: Backend, const D: usize> RopeAngles<B, D> {
     /// Rotates queries or keys: `x * cos + rotate_half(x) * sin`.
     ///
     /// # Shapes
-    /// - x: `[batch, heads, seq, head_dim]`
+    /// - x: `[batch, heads, seq, head_dim]` (padded) or `[total_nnz, heads, head_dim]`
     /// - output: same as x
-    pub fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let [_, _, _, head_dim] = x.dims();
+    pub fn apply(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let head_dim = x.dims()[D - 1];
         let half = head_dim / 2;
-        let x1 = x.clone().narrow(3, 0, half);
-        let x2 = x.clone().narrow(3, half, half);
-        let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
+        let x1 = x.clone().narrow(D - 1, 0, half);
+        let x2 = x.clone().narrow(D - 1, half, half);
+        let rotated = Tensor::cat(vec![x2.neg(), x1], D - 1);
         x * self.cos.clone() + rotated * self.sin.clone()
     }
 }

@@ -4,10 +4,10 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use modernbert::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
+use modernbert::Backend;
 use modernbert::{
-    HfModel, ModernBertForMaskedLM, ModernBertForSequenceClassification,
+    Execution, HfModel, ModernBertForMaskedLM, ModernBertForSequenceClassification,
     ModernBertForTokenClassification, ModernBertInput, ModernBertModel,
 };
 use safetensors::SafeTensors;
@@ -151,7 +151,11 @@ impl Fixture {
     }
 
     /// The fixture's batch as model input.
-    pub fn input<B: Backend>(&self, device: &B::Device) -> ModernBertInput<B> {
+    pub fn input<B: Backend>(
+        &self,
+        device: &B::Device,
+        execution: Execution,
+    ) -> ModernBertInput<B> {
         let ids = Tensor::<B, 2, Int>::from_data(
             TensorData::new(self.input_ids.clone(), self.batch_seq),
             device,
@@ -160,7 +164,9 @@ impl Fixture {
             TensorData::new(self.attention_mask.clone(), self.batch_seq),
             device,
         );
-        ModernBertInput::new(ids).with_attention_mask(mask)
+        ModernBertInput::new(ids)
+            .with_attention_mask(mask)
+            .with_execution(execution)
     }
 }
 
@@ -185,8 +191,13 @@ fn to_array<B: Backend, const D: usize>(t: Tensor<B, D>) -> Array {
 ///
 /// # Errors
 /// If loading or the forward pass fails.
-pub fn run<B: Backend>(fixture: &Fixture, dir: &Path, device: &B::Device) -> Result<Outputs> {
-    let input = fixture.input::<B>(device);
+pub fn run<B: Backend>(
+    fixture: &Fixture,
+    dir: &Path,
+    device: &B::Device,
+    execution: Execution,
+) -> Result<Outputs> {
+    let input = fixture.input::<B>(device, execution);
     let (hidden, logits) = match fixture.task {
         Task::Model => (
             ModernBertModel::<B>::from_pretrained(dir, device)?
@@ -246,13 +257,19 @@ pub fn max_relative_error(ours: &Array, reference: &Array, fixture: &Fixture) ->
     Ok(max_diff / max_ref.max(f32::MIN_POSITIVE))
 }
 
-/// Runs a fixture on `B` and returns the worst relative error of hidden states and logits.
+/// Runs a fixture on `B` both ways (unpadded and padded) and returns the worst relative
+/// error of hidden states and logits.
 ///
 /// # Errors
-/// If the run fails or shapes differ.
+/// If a run fails or shapes differ.
 pub fn parity<B: Backend>(fixture: &Fixture, device: &B::Device) -> Result<f32> {
-    let ours = run::<B>(fixture, &fixture.dir, device)?;
-    compare(&ours, fixture)
+    let mut worst = 0f32;
+    for execution in [Execution::Unpadded, Execution::Padded] {
+        let ours = run::<B>(fixture, &fixture.dir, device, execution)?;
+        print!("{execution:?} ");
+        worst = worst.max(compare(&ours, fixture)?);
+    }
+    Ok(worst)
 }
 
 /// Worst relative error of `ours` against the fixture's HF outputs; prints both.

@@ -7,7 +7,7 @@ use std::process::Command;
 
 use burn::backend::NdArray;
 use modernbert::{
-    HfModel, ModernBertForMaskedLM, ModernBertForSequenceClassification,
+    Execution, HfModel, ModernBertForMaskedLM, ModernBertForSequenceClassification,
     ModernBertForTokenClassification, ModernBertModel,
 };
 use modernbert_tests::{compare, fixtures_dir, run, Fixture, Task};
@@ -43,8 +43,20 @@ fn saved_checkpoints_reload_with_identical_outputs() {
     for fixture in Fixture::all() {
         let tmp = tempfile::tempdir().unwrap();
         save(&fixture, tmp.path());
-        let original = run::<B>(&fixture, &fixture.dir, &Default::default()).unwrap();
-        let reloaded = run::<B>(&fixture, tmp.path(), &Default::default()).unwrap();
+        let original = run::<B>(
+            &fixture,
+            &fixture.dir,
+            &Default::default(),
+            Execution::Unpadded,
+        )
+        .unwrap();
+        let reloaded = run::<B>(
+            &fixture,
+            tmp.path(),
+            &Default::default(),
+            Execution::Unpadded,
+        )
+        .unwrap();
         assert_eq!(
             original.last_hidden_state.values,
             reloaded.last_hidden_state.values,

@@ -1,0 +1,146 @@
+//! The flash-attention forward kernel (cube code only), plain path: one unit per query row,
+//! keys and values staged through shared memory in f32, online softmax in f32.
+//!
+//! Grid: `(ceil(max_seqlen / block_m), heads, batch)`; cube: `block_m` units. The cube of
+//! query block `x` of sequence `z` walks only the key blocks that its queries can see: the
+//! whole sequence (global) or `[q0 − window, q_last + window]` (sliding window).
+//! `unroll` unrolls the loops over `head_dim` (registers instead of local memory); it is
+//! off where shader compilation is slow for long unrolled code (lavapipe takes minutes).
+
+use cubecl::prelude::*;
+
+/// Stand-in for −∞ (WGSL has no infinity literal): far below any real score.
+const NEG_BIG: f32 = -1.0e30;
+
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+pub fn flash_attention_varlen_kernel<F: Float, I: Numeric>(
+    q: &Tensor<F>,          // [total, heads, head_dim], contiguous
+    k: &Tensor<F>,          // [total, heads, head_dim], contiguous
+    v: &Tensor<F>,          // [total, heads, head_dim], contiguous
+    cu_seqlens: &Tensor<I>, // [batch + 1]
+    out: &mut Tensor<F>,    // [total, heads, head_dim]
+    lse: &mut Tensor<f32>,  // [total, heads], natural-log sum of exp(scores)
+    scale: f32,
+    window: u32,
+    #[comptime] head_dim: usize,
+    #[comptime] block_n: usize,
+    #[comptime] windowed: bool,
+    #[comptime] unroll: bool,
+    #[define(F, I)] _dtypes: [StorageType; 2],
+) {
+    let block_m = CUBE_DIM_X as usize;
+    let unit = UNIT_POS_X as usize;
+    let head = CUBE_POS_Y as usize;
+    let sequence = CUBE_POS_Z as usize;
+    let heads = q.shape(1);
+    let window = window as usize;
+    let neg_big = f32::new(NEG_BIG);
+    let zero = f32::new(0.0);
+
+    let start = u32::cast_from(cu_seqlens[sequence]) as usize;
+    let len = u32::cast_from(cu_seqlens[sequence + 1]) as usize - start;
+    let q0 = CUBE_POS_X as usize * block_m;
+    let qi = q0 + unit;
+    let q_valid = qi < len;
+
+    // Keys this query block can see; empty when the block lies past the sequence end
+    // (every unit of the cube agrees, so the barriers below stay uniform).
+    let mut k_lo = 0;
+    let mut k_hi = 0;
+    if q0 < len {
+        k_hi = len;
+        if windowed {
+            let q_last = select(q0 + block_m < len, q0 + block_m, len) - 1;
+            k_lo = q0 - select(q0 < window, q0, window);
+            k_hi = select(len < q_last + window + 1, len, q_last + window + 1);
+        }
+    }
+
+    let row = (start + qi) * heads + head;
+    let mut q_row = Array::<f32>::new(head_dim);
+    let mut acc = Array::<f32>::new(head_dim);
+    #[unroll(unroll)]
+    for d in 0..head_dim {
+        let mut value = 0.0;
+        if q_valid {
+            value = f32::cast_from(q[row * head_dim + d]) * scale;
+        }
+        q_row[d] = value;
+        acc[d] = 0.0;
+    }
+
+    let mut k_tile = SharedMemory::<f32>::new(block_n * head_dim);
+    let mut v_tile = SharedMemory::<f32>::new(block_n * head_dim);
+    let mut scores = Array::<f32>::new(block_n);
+    let mut m = neg_big;
+    let mut l = 0.0;
+
+    let tiles = (k_hi - k_lo).div_ceil(block_n);
+    for tile in 0..tiles {
+        let kb = k_lo + tile * block_n;
+        // Stage keys kb..kb + block_n (zeros past k_hi) for the whole cube.
+        let mut e = unit;
+        while e < block_n * head_dim {
+            let key = kb + e / head_dim;
+            let mut kv = 0.0;
+            let mut vv = 0.0;
+            if key < k_hi {
+                let index = ((start + key) * heads + head) * head_dim + e % head_dim;
+                kv = f32::cast_from(k[index]);
+                vv = f32::cast_from(v[index]);
+            }
+            k_tile[e] = kv;
+            v_tile[e] = vv;
+            e += block_m;
+        }
+        sync_cube();
+
+        let mut tile_max = neg_big;
+        for j in 0..block_n {
+            let key = kb + j;
+            let mut visible = q_valid && key < k_hi;
+            if windowed {
+                visible = visible && qi <= key + window && key <= qi + window;
+            }
+            let mut s = 0.0;
+            #[unroll(unroll)]
+            for d in 0..head_dim {
+                s += q_row[d] * k_tile[j * head_dim + d];
+            }
+            s = select(visible, s, neg_big);
+            scores[j] = s;
+            tile_max = select(s > tile_max, s, tile_max);
+        }
+
+        // Online softmax: rescale what was accumulated to the new running max.
+        let m_new = select(tile_max > m, tile_max, m);
+        let correction = (m - m_new).exp();
+        l *= correction;
+        #[unroll(unroll)]
+        for d in 0..head_dim {
+            acc[d] *= correction;
+        }
+        for j in 0..block_n {
+            let s = scores[j];
+            let p = select(s > neg_big * 0.5, (s - m_new).exp(), zero);
+            l += p;
+            #[unroll(unroll)]
+            for d in 0..head_dim {
+                acc[d] += p * v_tile[j * head_dim + d];
+            }
+        }
+        m = m_new;
+        sync_cube();
+    }
+
+    if q_valid {
+        // Every query sees at least itself, so l > 0.
+        let inv_l = 1.0 / l;
+        #[unroll(unroll)]
+        for d in 0..head_dim {
+            out[row * head_dim + d] = F::cast_from(acc[d] * inv_l);
+        }
+        lse[row] = m + l.ln();
+    }
+}

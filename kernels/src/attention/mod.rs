@@ -1,0 +1,209 @@
+//! Variable-length (packed) flash attention, global or sliding-window.
+//!
+//! Sequences of different lengths are packed into one `[total, heads, head_dim]` tensor;
+//! `cu_seqlens` holds their offsets (HF / flash-attn convention). Each token attends only to
+//! tokens of its own sequence, and with a window only to those at most `window` positions
+//! away (ModernBERT's local layers: 64). Backends with CubeCL run our kernel
+//! (`kernel.rs`); every other backend, and `Autodiff`, runs `reference.rs`.
+
+#[cfg(feature = "cube")]
+pub(crate) mod forward;
+#[cfg(feature = "cube")]
+mod kernel;
+pub mod reference;
+
+use burn::tensor::{Int, Tensor, TensorData, TensorPrimitive};
+
+use crate::Backend;
+
+/// Why an attention call was refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum AttentionError {
+    /// `cu_seqlens` is not `0 = c₀ < c₁ < … < c_b` with at least one sequence.
+    #[error("malformed cu_seqlens {offsets:?}: {reason}")]
+    CuSeqlens {
+        /// The offsets given.
+        offsets: Vec<u32>,
+        /// What is wrong with them.
+        reason: String,
+    },
+    /// q, k, v or cu_seqlens disagree in shape.
+    #[error("attention shape mismatch: {0}")]
+    Shape(String),
+}
+
+/// Offsets of packed sequences: sequence `i` holds tokens `offsets[i]..offsets[i + 1]`.
+/// Kept on the host (for launch sizes and the reference) and on the device (for kernels).
+#[derive(Debug, Clone)]
+pub struct CuSeqlens<B: Backend> {
+    offsets: Vec<u32>,
+    max_seqlen: usize,
+    tensor: Tensor<B, 1, Int>,
+}
+
+impl<B: Backend> CuSeqlens<B> {
+    /// Validates offsets (`0`, then strictly increasing) and uploads them.
+    ///
+    /// # Errors
+    /// [`AttentionError::CuSeqlens`] if there is no sequence, the first offset is not 0, or
+    /// an offset does not increase (an empty sequence).
+    pub fn new(offsets: Vec<u32>, device: &B::Device) -> Result<Self, AttentionError> {
+        let fail = |reason: &str| {
+            Err(AttentionError::CuSeqlens {
+                offsets: offsets.clone(),
+                reason: reason.into(),
+            })
+        };
+        if offsets.len() < 2 {
+            return fail("needs at least two offsets (one sequence)");
+        }
+        if offsets[0] != 0 {
+            return fail("must start at 0");
+        }
+        if let Some(i) = offsets.windows(2).position(|w| w[1] <= w[0]) {
+            return fail(&format!(
+                "offsets must increase strictly, but offset {} is not above offset {i}",
+                i + 1
+            ));
+        }
+        let max_seqlen = offsets
+            .windows(2)
+            .map(|w| (w[1] - w[0]) as usize)
+            .max()
+            .unwrap_or(0);
+        let data = TensorData::new(
+            offsets.iter().map(|&o| o as i64).collect::<Vec<_>>(),
+            [offsets.len()],
+        );
+        Ok(Self {
+            tensor: Tensor::from_data(data, device),
+            offsets,
+            max_seqlen,
+        })
+    }
+
+    /// Offsets from sequence lengths.
+    ///
+    /// # Errors
+    /// As [`CuSeqlens::new`] (a zero length is an empty sequence).
+    pub fn from_lengths(lengths: &[usize], device: &B::Device) -> Result<Self, AttentionError> {
+        let offsets = std::iter::once(0)
+            .chain(lengths.iter().scan(0u32, |acc, &n| {
+                *acc += n as u32;
+                Some(*acc)
+            }))
+            .collect();
+        Self::new(offsets, device)
+    }
+
+    /// The offsets, `[batch + 1]`.
+    pub fn offsets(&self) -> &[u32] {
+        &self.offsets
+    }
+
+    /// Number of sequences.
+    pub fn batch(&self) -> usize {
+        self.offsets.len() - 1
+    }
+
+    /// Total number of tokens (the last offset).
+    pub fn total(&self) -> usize {
+        *self.offsets.last().expect("validated non-empty") as usize
+    }
+
+    /// Length of the longest sequence.
+    pub fn max_seqlen(&self) -> usize {
+        self.max_seqlen
+    }
+
+    /// The offsets on the device, `[batch + 1]`.
+    pub fn tensor(&self) -> Tensor<B, 1, Int> {
+        self.tensor.clone()
+    }
+}
+
+/// Options of [`varlen_attention`].
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct VarlenAttentionOptions {
+    /// Sliding window: a query at `i` sees keys `j` with `|i − j| ≤ window`. `None`: global.
+    pub window: Option<usize>,
+    /// Softmax scale; default `1 / sqrt(head_dim)`.
+    pub scale: Option<f64>,
+}
+
+/// What a backend's implementation receives besides the tensors.
+#[derive(Debug, Clone)]
+pub struct VarlenMeta<'a> {
+    /// Host copy of `cu_seqlens`, validated.
+    pub offsets: &'a [u32],
+    /// Longest sequence.
+    pub max_seqlen: usize,
+    /// Half window, or `None` for global attention.
+    pub window: Option<usize>,
+    /// Softmax scale.
+    pub scale: f32,
+}
+
+/// Attention output.
+#[derive(Debug, Clone)]
+pub struct VarlenAttentionOutput<B: Backend> {
+    /// `[total, heads, head_dim]`.
+    pub out: Tensor<B, 3>,
+    /// Log-sum-exp of each query's scaled scores, `[total, heads]`, f32 (the backward
+    /// recomputes probabilities from it).
+    pub lse: Tensor<B, 2>,
+}
+
+/// Attention over packed sequences.
+///
+/// # Shapes
+/// - q, k, v: `[total, heads, head_dim]`, `total = cu_seqlens.total()`
+/// - output: see [`VarlenAttentionOutput`]
+///
+/// # Errors
+/// [`AttentionError::Shape`] when q, k, v differ in shape or do not hold `total` tokens.
+pub fn varlen_attention<B: Backend>(
+    q: Tensor<B, 3>,
+    k: Tensor<B, 3>,
+    v: Tensor<B, 3>,
+    cu_seqlens: &CuSeqlens<B>,
+    options: VarlenAttentionOptions,
+) -> Result<VarlenAttentionOutput<B>, AttentionError> {
+    let dims = q.dims();
+    if k.dims() != dims || v.dims() != dims {
+        return Err(AttentionError::Shape(format!(
+            "q {:?}, k {:?}, v {:?} must be equal",
+            dims,
+            k.dims(),
+            v.dims()
+        )));
+    }
+    if dims[0] != cu_seqlens.total() {
+        return Err(AttentionError::Shape(format!(
+            "q holds {} tokens but cu_seqlens ends at {}",
+            dims[0],
+            cu_seqlens.total()
+        )));
+    }
+    if dims[2] == 0 {
+        return Err(AttentionError::Shape("head_dim is 0".into()));
+    }
+    let meta = VarlenMeta {
+        offsets: cu_seqlens.offsets(),
+        max_seqlen: cu_seqlens.max_seqlen(),
+        window: options.window,
+        scale: options.scale.unwrap_or(1.0 / (dims[2] as f64).sqrt()) as f32,
+    };
+    let float = |t: Tensor<B, 3>| t.into_primitive().tensor();
+    let (out, lse) = B::varlen_attention(
+        float(q),
+        float(k),
+        float(v),
+        cu_seqlens.tensor().into_primitive(),
+        &meta,
+    );
+    Ok(VarlenAttentionOutput {
+        out: Tensor::from_primitive(TensorPrimitive::Float(out)),
+        lse: Tensor::from_primitive(TensorPrimitive::Float(lse)),
+    })
+}
