@@ -32,6 +32,12 @@ step hf_roundtrip "$BIN/hf_roundtrip" --nocapture --test-threads 1
 step make_base_reference python3 scripts/make_reference.py /tmp/base-1024 --preset base --lengths 1024,517
 step cuda_base_1024_parity "$BIN/parity" /tmp/base-1024 --backend cuda --tolerance 1e-4
 step cuda_attention_kernel "$BIN/attention_kernel" --nocapture --test-threads 1 cuda
+# Wgpu on the H200's Vulkan driver (the loader travels in .gl/, see the device README).
+if [ -d .gl ]; then
+  for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig
+  icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json; [ -f $icd ] && export VK_DRIVER_FILES=$icd
+  MODERNBERT_MAX_LEN=600 step vulkan_attention_kernel "$BIN/attention_kernel" --nocapture --test-threads 1 wgpu
+fi
 echo "=== attention benchmark (ours, then PyTorch)" | tee -a "$OUT/summary.txt"
 "$BIN/attention-bench" --backend cuda --dtype bf16 2>&1 | tee "$OUT/bench_attention.md" | tee -a "$OUT/summary.txt"
 python3 scripts/bench_attention_torch.py 2>&1 | tee -a "$OUT/bench_attention.md" | tee -a "$OUT/summary.txt"
