@@ -166,9 +166,10 @@ fn check_kernel<B: Backend>(
 /// KNOWN FAILURE, not hidden: on lavapipe (CI's software Vulkan) the kernel returns
 /// non-finite rows once a query block walks 16 or more key tiles (global attention over
 /// ≥ 512 keys at head_dim 64, ≥ 256 at head_dim 128, whose tiles hold 16 keys), while 15
-/// tiles pass. The CUDA test covers lengths up to 600, and `scripts/gpu-check.sh` runs this
-/// test on the H200's Vulkan driver with 600. Until the cause is found the lavapipe run
-/// stops at 15 tiles: 448 tokens, 240 at head_dim 128 (`MODERNBERT_MAX_LEN=600` reproduces).
+/// tiles pass. The same Wgpu test passes with lengths up to 600 on the H200's Vulkan driver,
+/// and the Cuda test too (`scripts/gpu-check.sh`, BENCHMARKS.md), so the fault is specific to
+/// lavapipe; until it is found the lavapipe run stops at 15 tiles: 448 tokens, 240 at
+/// head_dim 128 (`MODERNBERT_MAX_LEN=600` reproduces it).
 fn lavapipe_max_len(head_dim: usize) -> usize {
     env_max_len(if head_dim == 128 { 240 } else { 448 })
 }
