@@ -138,7 +138,7 @@ impl ModernBertConfig {
             self.classifier_bias,
             self.norm_eps,
             self.norm_bias,
-            self.initializer_range / (2.0 * self.num_hidden_layers as f64).sqrt(),
+            self.out_std(),
         )
     }
 

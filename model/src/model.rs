@@ -140,7 +140,7 @@ pub struct ModernBertModel<B: Backend> {
 
 impl ModernBertConfig {
     /// Std of the init of output projections: `initializer_range / sqrt(2 · num_layers)`.
-    fn out_std(&self) -> f64 {
+    pub(crate) fn out_std(&self) -> f64 {
         self.initializer_range / (2.0 * self.num_hidden_layers as f64).sqrt()
     }
 
