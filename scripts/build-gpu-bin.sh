@@ -13,6 +13,10 @@ test_binary() { # the executable of an integration test of modernbert-tests
 rm -rf gpu-bin && mkdir -p gpu-bin/bin
 cp target/debug/parity target/debug/attention-bench gpu-bin/bin/
 for t in hf_roundtrip attention_kernel; do cp "$(test_binary $t)" "gpu-bin/bin/$t"; done
+# The `modernbert` CLI (bench, pipelines) with our crates at opt-level 2 as well: Burn's generic
+# host code is compiled into them. Built last, since this changes their build settings.
+CARGO_PROFILE_DEV_OPT_LEVEL=2 cargo build -p modernbert-infer --features cuda --bin modernbert
+cp target/debug/modernbert gpu-bin/bin/
 strip gpu-bin/bin/*
 tar -C gpu-bin -cJf gpu-bin/bins.tar.xz bin && rm -rf gpu-bin/bin
 ls -la gpu-bin

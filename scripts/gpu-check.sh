@@ -41,4 +41,17 @@ fi
 echo "=== attention benchmark (ours, then PyTorch)" | tee -a "$OUT/summary.txt"
 "$BIN/attention-bench" --backend cuda --dtype bf16 2>&1 | tee "$OUT/bench_attention.md" | tee -a "$OUT/summary.txt"
 python3 scripts/bench_attention_torch.py 2>&1 | tee -a "$OUT/bench_attention.md" | tee -a "$OUT/summary.txt"
+# End-to-end encoder throughput (issue 7): `modernbert bench` (Cuda bf16, random-init base and
+# large) and HF transformers (sdpa, bf16) on the same documents, then the ratio; then Wgpu on
+# the H200's Vulkan (f16, base). Tables: $OUT/bench_infer.md.
+echo "=== inference benchmark (modernbert bench, then HF transformers)" | tee -a "$OUT/summary.txt"
+BENCH_DOCS="--docs 2048 --long-docs 128 --max-batch-tokens 32768"
+"$BIN/modernbert" bench $BENCH_DOCS --dump-lengths "$OUT/bench_lengths.json"
+step bench_infer_cuda timeout 300 "$BIN/modernbert" bench --backend cuda --dtype bf16 $BENCH_DOCS --json "$OUT/bench_infer_cuda.json"
+cat "$OUT/bench_infer_cuda.log" | tee "$OUT/bench_infer.md" | tee -a "$OUT/summary.txt"
+timeout 240 python3 scripts/bench_infer_torch.py --lengths "$OUT/bench_lengths.json" --ours "$OUT/bench_infer_cuda.json" 2>&1 | tee -a "$OUT/bench_infer.md" | tee -a "$OUT/summary.txt"
+if [ -n "${VK_DRIVER_FILES:-}" ]; then
+  step bench_infer_wgpu timeout 180 "$BIN/modernbert" bench --backend wgpu --dtype f16 --models base --docs 512 --long-docs 16 --max-batch-tokens 32768
+  cat "$OUT/bench_infer_wgpu.log" | tee -a "$OUT/bench_infer.md" | tee -a "$OUT/summary.txt"
+fi
 exit $status

@@ -3,11 +3,13 @@
 
 use std::path::Path;
 
-use modernbert::Backend;
-use modernbert::{HfModel, ModernBertForMaskedLM, ModernBertTokenizer, Truncation};
+use burn::tensor::{Int, Tensor, TensorData};
+use modernbert::{Backend, ModernBertForMaskedLM, ModernBertInput};
 use serde::Serialize;
 
 use crate::error::InferError;
+use crate::options::InferOptions;
+use crate::pipeline::{to_host, token_ids, Pipeline, Task};
 
 /// One candidate token for a `[MASK]`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -27,94 +29,113 @@ pub struct FillMaskOutput {
     pub text: String,
     /// `masks[i]`: the top-k candidates of the i-th `[MASK]`, most likely first.
     pub masks: Vec<Vec<Prediction>>,
+    /// Whether the text was cut to the model's length limit.
+    pub truncated: bool,
 }
 
 /// A masked-language model with its tokenizer.
 #[derive(Debug)]
 pub struct FillMask<B: Backend> {
-    model: ModernBertForMaskedLM<B>,
-    tokenizer: ModernBertTokenizer,
+    pipeline: Pipeline<B, ModernBertForMaskedLM<B>>,
     mask_token_id: u32,
-    device: B::Device,
 }
 
 impl<B: Backend> FillMask<B> {
-    /// Loads `config.json`, the weights and `tokenizer.json` from a checkpoint directory.
+    /// Loads `config.json`, the weights and `tokenizer.json` of a `ModernBertForMaskedLM`
+    /// checkpoint directory.
     ///
     /// # Errors
-    /// [`InferError::Load`] for a bad checkpoint, [`InferError::NoMaskToken`] when the
-    /// tokenizer has no `[MASK]`.
+    /// [`InferError::NoHead`] for a checkpoint of another task, [`InferError::Load`] for a
+    /// bad checkpoint, [`InferError::NoMaskToken`] when the tokenizer has no `[MASK]`.
     pub fn from_pretrained(dir: impl AsRef<Path>, device: &B::Device) -> Result<Self, InferError> {
-        let dir = dir.as_ref();
-        let model = ModernBertForMaskedLM::<B>::from_pretrained(dir, device)?;
-        let tokenizer_path = dir.join("tokenizer.json");
-        let tokenizer = ModernBertTokenizer::from_file(&tokenizer_path, &model.model.config)?;
-        let mask_token_id = tokenizer.mask_token_id().ok_or(InferError::NoMaskToken {
-            path: tokenizer_path,
-        })?;
+        let pipeline = Pipeline::load(dir.as_ref(), Task::FillMask, device)?;
+        let mask_token_id =
+            pipeline
+                .tokenizer
+                .mask_token_id()
+                .ok_or_else(|| InferError::NoMaskToken {
+                    path: pipeline.dir.join("tokenizer.json"),
+                })?;
         Ok(Self {
-            model,
-            tokenizer,
+            pipeline,
             mask_token_id,
-            device: device.clone(),
         })
     }
 
-    /// Top-`top_k` tokens for each `[MASK]` of each text, in one batch.
+    /// Sets batching and truncation options.
+    pub fn with_options(mut self, options: InferOptions) -> Self {
+        self.pipeline.options = options;
+        self
+    }
+
+    /// The model.
+    pub fn model(&self) -> &ModernBertForMaskedLM<B> {
+        &self.pipeline.model
+    }
+
+    /// Top-`top_k` tokens for each `[MASK]` of each text, results in input order.
     ///
     /// # Errors
-    /// [`InferError::NoMask`] for a text without `[MASK]`, [`InferError::Input`] for empty or
-    /// over-long texts, [`InferError::ZeroTopK`].
+    /// [`InferError::ZeroTopK`], [`InferError::EmptyText`], [`InferError::NoMask`] for a
+    /// text without `[MASK]` (also when truncation cut it off), [`InferError::Input`] for a
+    /// text over the limit under [`OverLong::Refuse`](crate::OverLong::Refuse).
     pub fn predict(&self, texts: &[&str], top_k: usize) -> Result<Vec<FillMaskOutput>, InferError> {
         if top_k == 0 {
             return Err(InferError::ZeroTopK);
         }
-        let batch = self.tokenizer.encode_batch(texts, Truncation::Refuse)?;
-        // (row, position) of every [MASK], per text.
-        let masks: Vec<Vec<usize>> = batch
-            .input_ids
+        let encoded = self.pipeline.encode(texts)?;
+        let mask_positions = |ids: &[u32]| -> Vec<usize> {
+            (0..ids.len())
+                .filter(|&i| ids[i] == self.mask_token_id)
+                .collect()
+        };
+        if let Some(index) = encoded
             .iter()
-            .zip(&batch.attention_mask)
-            .map(|(ids, keep)| {
-                (0..ids.len())
-                    .filter(|&i| keep[i] == 1 && ids[i] == self.mask_token_id)
-                    .collect()
-            })
-            .collect();
-        if let Some(index) = masks.iter().position(Vec::is_empty) {
+            .position(|e| mask_positions(&e.ids).is_empty())
+        {
             return Err(InferError::NoMask {
                 index,
                 text: texts[index].to_string(),
             });
         }
-        let config = &self.model.model.config;
-        let logits = self
-            .model
-            .forward(batch.to_input(config, &self.device)?)?
-            .logits;
-        let [_, seq, vocab] = logits.dims();
-        // One read-back of the whole logits tensor (a CPU–GPU sync point), then host softmax.
-        let logits: Vec<f32> = logits
-            .into_data()
-            .convert::<f32>()
-            .to_vec()
-            .expect("converted to f32");
-        let outputs = texts
+        let config = self.pipeline.config();
+        let device = &self.pipeline.device;
+        let masks = self.pipeline.run(&encoded, |batch| {
+            let input = ModernBertInput::from_token_ids(&token_ids(batch), config, device)?;
+            let hidden = self.model().model.forward(input)?.last_hidden_state;
+            let [rows, seq, h] = hidden.dims();
+            // Flat row of every [MASK] in [rows * seq]; only those go through the head.
+            let positions: Vec<Vec<usize>> = batch.iter().map(|e| mask_positions(&e.ids)).collect();
+            let flat: Vec<i64> = positions
+                .iter()
+                .enumerate()
+                .flat_map(|(row, p)| p.iter().map(move |&pos| (row * seq + pos) as i64))
+                .collect();
+            let count = flat.len();
+            let flat = Tensor::<B, 1, Int>::from_data(TensorData::new(flat, [count]), device);
+            let hidden = hidden.reshape([rows * seq, h]).select(0, flat);
+            let logits = to_host(self.model().logits(hidden))?;
+            let vocab = logits.len() / count;
+            let mut chunks = logits.chunks_exact(vocab);
+            Ok(positions
+                .iter()
+                .map(|p| {
+                    p.iter()
+                        .map(|_| self.top_k(chunks.next().expect("one row per mask"), top_k))
+                        .collect::<Vec<_>>()
+                })
+                .collect::<Vec<_>>())
+        })?;
+        Ok(texts
             .iter()
+            .zip(encoded)
             .zip(masks)
-            .enumerate()
-            .map(|(row, (text, positions))| FillMaskOutput {
+            .map(|((text, e), masks)| FillMaskOutput {
                 text: text.to_string(),
-                masks: positions
-                    .into_iter()
-                    .map(|pos| {
-                        let start = (row * seq + pos) * vocab;
-                        self.top_k(&logits[start..start + vocab], top_k)
-                    })
-                    .collect(),
+                masks,
+                truncated: e.truncated,
             })
-            .collect();
-        Ok(outputs)
+            .collect())
     }
 
     fn top_k(&self, logits: &[f32], k: usize) -> Vec<Prediction> {
@@ -127,7 +148,11 @@ impl<B: Backend> FillMask<B> {
             .take(k)
             .map(|id| Prediction {
                 token_id: id as u32,
-                token: self.tokenizer.decode(&[id as u32]).unwrap_or_default(),
+                token: self
+                    .pipeline
+                    .tokenizer
+                    .decode(&[id as u32])
+                    .unwrap_or_default(),
                 score: (logits[id] - max).exp() / sum,
             })
             .collect()

@@ -15,8 +15,8 @@ pub mod attention;
 mod cube;
 
 pub use attention::{
-    varlen_attention, AttentionError, CuSeqlens, VarlenAttentionOptions, VarlenAttentionOutput,
-    VarlenMeta,
+    last_kernel_path, varlen_attention, AttentionError, CuSeqlens, KernelPath,
+    VarlenAttentionOptions, VarlenAttentionOutput, VarlenMeta,
 };
 
 /// A Burn backend with modernbert's extension operations.

@@ -10,7 +10,7 @@ use burn::module::{Initializer, Module, Param};
 use burn::nn::{Dropout, DropoutConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::tensor::activation::gelu;
 use burn::tensor::backend::Backend;
-use burn::tensor::Tensor;
+use burn::tensor::{Int, Tensor};
 
 use modernbert_kernels::{linear, linear_weight, Backend as KernelBackend};
 
@@ -204,6 +204,30 @@ impl ModernBertConfig {
     }
 }
 
+impl Pooling {
+    /// One vector per sequence: the first token's state (`Cls`) or the mean over real
+    /// tokens (`Mean`). Also what sentence-transformers' `Pooling` module computes.
+    ///
+    /// # Shapes
+    /// - hidden: `[batch, seq, H]`, attention_mask: `[batch, seq]` (1 = real token)
+    /// - output: `[batch, H]`
+    pub fn pool<B: Backend>(
+        self,
+        hidden: Tensor<B, 3>,
+        attention_mask: Tensor<B, 2, Int>,
+    ) -> Tensor<B, 2> {
+        let [batch, _, h] = hidden.dims();
+        match self {
+            Pooling::Cls => hidden.narrow(1, 0, 1).reshape([batch, h]),
+            Pooling::Mean => {
+                let mask = attention_mask.float().unsqueeze_dim::<3>(2);
+                let count = mask.clone().sum_dim(1);
+                (hidden * mask).sum_dim(1).div(count).reshape([batch, h])
+            }
+        }
+    }
+}
+
 impl<B: KernelBackend> ModernBertForMaskedLM<B> {
     /// Logits over the vocabulary for every position.
     ///
@@ -214,21 +238,30 @@ impl<B: KernelBackend> ModernBertForMaskedLM<B> {
     /// As [`ModernBertModel::forward`].
     pub fn forward(&self, input: ModernBertInput<B>) -> Result<TaskOutput<B, 3>, InputError> {
         let output = self.model.forward(input)?;
-        let hidden = self.head.forward(output.last_hidden_state.clone());
+        Ok(TaskOutput {
+            logits: self.logits(output.last_hidden_state.clone()),
+            last_hidden_state: output.last_hidden_state,
+        })
+    }
+
+    /// The head and decoder on given encoder states: lets a caller compute logits only at
+    /// the positions it needs (HF's sparse prediction), e.g. the `[MASK]` rows.
+    ///
+    /// # Shapes
+    /// - hidden: `[..., H]`
+    /// - output: `[..., vocab]`
+    pub fn logits<const D: usize>(&self, hidden: Tensor<B, D>) -> Tensor<B, D> {
+        let hidden = self.head.forward(hidden);
         // Tied: the decoder is the transpose of the token-embedding matrix.
         let weight = match &self.decoder.weight {
             Some(weight) => weight.val(),
             None => self.model.embeddings.tok_embeddings.weight.val(),
         };
-        let logits = linear_weight(
+        linear_weight(
             hidden,
             weight.transpose(),
             self.decoder.bias.as_ref().map(Param::val),
-        );
-        Ok(TaskOutput {
-            logits,
-            last_hidden_state: output.last_hidden_state,
-        })
+        )
     }
 }
 
@@ -242,16 +275,9 @@ impl<B: KernelBackend> ModernBertForSequenceClassification<B> {
     /// As [`ModernBertModel::forward`].
     pub fn forward(&self, input: ModernBertInput<B>) -> Result<TaskOutput<B, 2>, InputError> {
         let output = self.model.forward(input)?;
-        let hidden = output.last_hidden_state.clone();
-        let [batch, _, h] = hidden.dims();
-        let pooled = match self.pooling {
-            Pooling::Cls => hidden.narrow(1, 0, 1).reshape([batch, h]),
-            Pooling::Mean => {
-                let mask = output.attention_mask.float().unsqueeze_dim::<3>(2);
-                let count = mask.clone().sum_dim(1);
-                (hidden * mask).sum_dim(1).div(count).reshape([batch, h])
-            }
-        };
+        let pooled = self
+            .pooling
+            .pool(output.last_hidden_state.clone(), output.attention_mask);
         let logits = linear(
             &self.classifier,
             self.drop.forward(self.head.forward(pooled)),

@@ -6,7 +6,7 @@
 
 use burn::config::Config;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{DType, Element, FloatDType, Int, Tensor, TensorData};
 
 /// Configuration of a [`RotaryEmbedding`].
 #[derive(Config, Debug)]
@@ -45,7 +45,7 @@ impl RotaryEmbeddingConfig {
             .map(|i| 1.0 / (self.theta as f32).powf((2 * i) as f32 / self.head_dim as f32))
             .collect();
         RotaryEmbedding {
-            inv_freq: Tensor::from_data(TensorData::new(inv_freq, [half]), device),
+            inv_freq: Tensor::from_data(TensorData::new(inv_freq, [half]), (device, DType::F32)),
         }
     }
 }
@@ -58,10 +58,14 @@ impl<B: Backend> RotaryEmbedding<B> {
     /// - output: two `[n, head_dim]`
     fn table(&self, positions: Tensor<B, 1, Int>) -> (Tensor<B, 2>, Tensor<B, 2>) {
         let [half] = self.inv_freq.dims();
-        let freqs =
-            positions.float().unsqueeze_dim::<2>(1) * self.inv_freq.clone().reshape([1, half]);
+        // f32 whatever the model's dtype: bf16 holds integers exactly only up to 256, so
+        // positions and angles in bf16 would be wrong for long sequences. HF likewise builds
+        // the table in f32 and casts cos/sin to the activations' dtype.
+        let freqs = positions.cast(FloatDType::F32).unsqueeze_dim::<2>(1)
+            * self.inv_freq.clone().reshape([1, half]);
         let emb = Tensor::cat(vec![freqs.clone(), freqs], 1);
-        (emb.clone().cos(), emb.sin())
+        let dtype = B::FloatElem::dtype();
+        (emb.clone().cos().cast(dtype), emb.sin().cast(dtype))
     }
 
     /// Angles for a padded batch.

@@ -7,6 +7,7 @@
 use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData};
 use modernbert_kernels::{Backend, CuSeqlens};
 
+use crate::config::ModernBertConfig;
 use crate::error::InputError;
 use crate::model::ModernBertInput;
 
@@ -79,6 +80,43 @@ impl<B: Backend> UnpaddedInput<B> {
         })
     }
 
+    /// Packs token-id sequences directly, with no padded tensor and no device-host sync:
+    /// the serving and benchmark path. `indices` then address a `[batch, max_seqlen]`
+    /// layout, so [`pad`](Self::pad) still works.
+    ///
+    /// # Errors
+    /// As [`ModernBertInput::from_token_ids`]: empty batch or sequence, a sequence over
+    /// `max_position_embeddings`, a token id not below `vocab_size`.
+    pub fn from_token_ids(
+        sequences: &[Vec<u32>],
+        config: &ModernBertConfig,
+        device: &B::Device,
+    ) -> Result<Self, InputError> {
+        check_token_ids(sequences, config)?;
+        let seq = sequences.iter().map(Vec::len).max().unwrap_or(0);
+        let total: usize = sequences.iter().map(Vec::len).sum();
+        let mut ids = Vec::with_capacity(total);
+        let mut positions = Vec::with_capacity(total);
+        let mut indices = Vec::with_capacity(total);
+        for (row, sequence) in sequences.iter().enumerate() {
+            ids.extend(sequence.iter().map(|&id| id as i64));
+            positions.extend(0..sequence.len() as i64);
+            indices.extend((0..sequence.len()).map(|col| (row * seq + col) as i64));
+        }
+        let lengths: Vec<usize> = sequences.iter().map(Vec::len).collect();
+        let cu_seqlens = CuSeqlens::from_lengths(&lengths, device)
+            .map_err(|e| InputError::Shape(e.to_string()))?;
+        let tensor = |values: Vec<i64>| Tensor::from_data(TensorData::new(values, [total]), device);
+        Ok(Self {
+            input_ids: tensor(ids),
+            positions: tensor(positions),
+            indices: tensor(indices),
+            cu_seqlens,
+            batch: sequences.len(),
+            seq,
+        })
+    }
+
     /// Scatters packed rows back into the padded layout; padding positions hold zeros.
     ///
     /// # Shapes
@@ -94,6 +132,34 @@ impl<B: Backend> UnpaddedInput<B> {
             .select_assign(0, self.indices.clone(), hidden, IndexingUpdateOp::Add)
             .reshape([self.batch, self.seq, h])
     }
+}
+
+/// Checks a batch of token-id sequences: not empty, no empty sequence, none over
+/// `max_position_embeddings`, every id below `vocab_size`.
+fn check_token_ids(sequences: &[Vec<u32>], config: &ModernBertConfig) -> Result<(), InputError> {
+    if sequences.is_empty() {
+        return Err(InputError::Empty("the batch holds no sequences".into()));
+    }
+    for (index, ids) in sequences.iter().enumerate() {
+        if ids.is_empty() {
+            return Err(InputError::Empty(format!("sequence {index} has no tokens")));
+        }
+        if ids.len() > config.max_position_embeddings {
+            return Err(InputError::TooLong {
+                index,
+                len: ids.len(),
+                max: config.max_position_embeddings,
+            });
+        }
+        if let Some(&id) = ids.iter().find(|&&id| id as usize >= config.vocab_size) {
+            return Err(InputError::TokenOutOfRange {
+                index,
+                id,
+                vocab_size: config.vocab_size,
+            });
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -125,6 +191,29 @@ mod tests {
             .repeat_dim(1, 2);
         let padded: Vec<f32> = unpadded.pad(hidden).into_data().to_vec().unwrap();
         assert_eq!(padded, vec![5., 5., 6., 6., 7., 7., 8., 8., 0., 0., 0., 0.]);
+    }
+
+    #[test]
+    fn from_token_ids_matches_from_padded() {
+        let device = Default::default();
+        let config = ModernBertConfig::new().with_vocab_size(10);
+        let sequences = vec![vec![5, 6, 7], vec![8]];
+        let direct =
+            UnpaddedInput::<TestBackend>::from_token_ids(&sequences, &config, &device).unwrap();
+        let padded =
+            ModernBertInput::<TestBackend>::from_token_ids(&sequences, &config, &device).unwrap();
+        let via_pad = UnpaddedInput::from_padded(&padded).unwrap();
+        let ints = |t: &Tensor<TestBackend, 1, Int>| t.to_data().to_vec::<i64>().unwrap();
+        assert_eq!(direct.cu_seqlens.offsets(), via_pad.cu_seqlens.offsets());
+        assert_eq!(ints(&direct.input_ids), ints(&via_pad.input_ids));
+        assert_eq!(ints(&direct.positions), ints(&via_pad.positions));
+        assert_eq!(ints(&direct.indices), ints(&via_pad.indices));
+        assert_eq!((direct.batch, direct.seq), (via_pad.batch, via_pad.seq));
+        let bad = vec![vec![5], vec![]];
+        assert!(matches!(
+            UnpaddedInput::<TestBackend>::from_token_ids(&bad, &config, &device),
+            Err(InputError::Empty(_))
+        ));
     }
 
     #[test]

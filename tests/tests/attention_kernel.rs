@@ -3,13 +3,18 @@
 //! lavapipe, see `lavapipe_max_len`), window
 //! on and off, head_dim 32/64/128, outputs allocated over poisoned (NaN) memory so that an
 //! unwritten row shows. On NdArray both sides are the reference, so the kernel runs on Wgpu
-//! here (lavapipe in CI) and on Cuda through `scripts/gpu-check.sh`.
+//! here (lavapipe in CI) and on Cuda through `scripts/gpu-check.sh`. Each check also asserts
+//! which kernel ran: the plain one on Wgpu (WGSL has no cmma) and for f32; the tensor-core
+//! one for f16/bf16 on Cuda unless `MODERNBERT_ATTENTION_PATH=plain` forces the plain one.
 
 use burn::tensor::{DType, Distribution, Tensor};
 use modernbert::Backend;
 use modernbert_kernels::attention::reference::varlen_attention_reference;
+#[cfg(feature = "cuda")]
+use modernbert_kernels::attention::PATH_ENV;
 use modernbert_kernels::{
-    varlen_attention, AttentionError, CuSeqlens, VarlenAttentionOptions, VarlenMeta,
+    last_kernel_path, varlen_attention, AttentionError, CuSeqlens, KernelPath,
+    VarlenAttentionOptions, VarlenMeta,
 };
 
 /// xorshift64*, seeded from the clock unless `MODERNBERT_SEED` is set.
@@ -136,6 +141,7 @@ fn check_kernel<B: Backend>(
     dtype: DType,
     tolerance: f32,
     max_len: fn(usize) -> usize,
+    expected_path: KernelPath,
 ) {
     let mut rng = Rng::from_env();
     let mut failures = Vec::new();
@@ -149,7 +155,13 @@ fn check_kernel<B: Backend>(
     ] {
         let lengths = random_lengths(&mut rng, max_len(head_dim));
         let (out, lse) = compare::<B>(device, &lengths, 2, head_dim, window, dtype);
-        println!("{dtype:?} head_dim {head_dim} window {window:?} lengths {lengths:?}: out {out:.2e}, lse {lse:.2e}");
+        let path = last_kernel_path();
+        println!("{dtype:?} head_dim {head_dim} window {window:?} lengths {lengths:?} kernel {path:?}: out {out:.2e}, lse {lse:.2e}");
+        if path != Some(expected_path) {
+            failures.push(format!(
+                "head_dim {head_dim} window {window:?}: kernel {path:?}, expected {expected_path:?}"
+            ));
+        }
         if out > tolerance || lse > tolerance {
             failures.push(format!(
                 "head_dim {head_dim} window {window:?}: out {out:.2e} lse {lse:.2e}"
@@ -177,7 +189,13 @@ fn lavapipe_max_len(head_dim: usize) -> usize {
 #[cfg(feature = "wgpu")]
 #[test]
 fn wgpu_kernel_matches_reference_f32() {
-    check_kernel::<burn::backend::Wgpu>(&Default::default(), DType::F32, 1e-5, lavapipe_max_len);
+    check_kernel::<burn::backend::Wgpu>(
+        &Default::default(),
+        DType::F32,
+        1e-5,
+        lavapipe_max_len,
+        KernelPath::Plain,
+    );
 }
 
 #[cfg(feature = "wgpu")]
@@ -189,16 +207,30 @@ fn wgpu_kernel_matches_reference_f16() {
         println!("SKIPPED: this Wgpu adapter has no shader-f16");
         return;
     }
-    check_kernel::<B>(&device, DType::F16, 1e-2, lavapipe_max_len);
+    check_kernel::<B>(
+        &device,
+        DType::F16,
+        1e-2,
+        lavapipe_max_len,
+        KernelPath::Plain,
+    );
 }
 
 #[cfg(feature = "cuda")]
 #[test]
 fn cuda_kernel_matches_reference() {
+    type B = burn::backend::Cuda;
     let device = Default::default();
-    check_kernel::<burn::backend::Cuda>(&device, DType::F32, 1e-5, |_| env_max_len(600));
-    check_kernel::<burn::backend::Cuda>(&device, DType::F16, 1e-2, |_| env_max_len(600));
-    check_kernel::<burn::backend::Cuda>(&device, DType::BF16, 1e-2, |_| env_max_len(600));
+    // Tensor cores (cmma) for f16/bf16 on every CUDA GPU since Volta, unless forced off.
+    let half_path = if std::env::var(PATH_ENV).as_deref() == Ok("plain") {
+        KernelPath::Plain
+    } else {
+        KernelPath::TensorCore
+    };
+    let max_len = |_| env_max_len(600);
+    check_kernel::<B>(&device, DType::F32, 1e-5, max_len, KernelPath::Plain);
+    check_kernel::<B>(&device, DType::F16, 1e-2, max_len, half_path);
+    check_kernel::<B>(&device, DType::BF16, 1e-2, max_len, half_path);
 }
 
 #[cfg(feature = "ndarray")]

@@ -2,7 +2,9 @@
 //! times our variable-length flash-attention forward on ModernBERT's shapes (12 heads,
 //! head_dim 64) and prints a table. Throughput counts only the query-key pairs that the
 //! mask lets through (useful FLOPs: 4 · head_dim per pair, for QKᵀ and PV).
-//! `scripts/bench_attention_torch.py` prints PyTorch's figures for the same shapes.
+//! The `kernel` column says which of our kernels ran (`MODERNBERT_ATTENTION_PATH=plain`
+//! forces the plain one). `scripts/bench_attention_torch.py` prints PyTorch's figures for
+//! the same shapes.
 
 use std::time::Instant;
 
@@ -10,7 +12,9 @@ use anyhow::{bail, Context, Result};
 use burn::tensor::{DType, Distribution, Tensor};
 use clap::Parser;
 use modernbert_infer::{with_backend, BackendKind};
-use modernbert_kernels::{varlen_attention, Backend, CuSeqlens, VarlenAttentionOptions};
+use modernbert_kernels::{
+    last_kernel_path, varlen_attention, Backend, CuSeqlens, KernelPath, VarlenAttentionOptions,
+};
 
 #[derive(Parser, Debug)]
 struct Args {
@@ -42,8 +46,8 @@ fn bench<B: Backend>(args: &Args, device: B::Device) -> Result<()> {
         other => bail!("unknown dtype {other:?}; expected bf16, f16 or f32"),
     };
     let (heads, head_dim) = (12, 64);
-    println!("| shape | attention | dtype | ms | useful TFLOP/s |");
-    println!("|---|---|---|---|---|");
+    println!("| shape | attention | dtype | kernel | ms | useful TFLOP/s |");
+    println!("|---|---|---|---|---|---|");
     for (batch, seq) in [(64usize, 512usize), (4, 8192)] {
         for window in [None, Some(64)] {
             let cu =
@@ -72,8 +76,13 @@ fn bench<B: Backend>(args: &Args, device: B::Device) -> Result<()> {
             let seconds = start.elapsed().as_secs_f64() / args.iters as f64;
             let flops = 4.0 * (heads * head_dim) as f64 * batch as f64 * useful_pairs(seq, window);
             let kind = window.map_or("global".to_string(), |w| format!("window ±{w}"));
+            let kernel = match last_kernel_path() {
+                Some(KernelPath::TensorCore) => "cmma",
+                Some(KernelPath::Plain) => "plain",
+                None => "reference",
+            };
             println!(
-                "| B={batch} S={seq} | {kind} | {:?} | {:.3} | {:.1} |",
+                "| B={batch} S={seq} | {kind} | {:?} | {kernel} | {:.3} | {:.1} |",
                 dtype,
                 seconds * 1e3,
                 flops / seconds / 1e12

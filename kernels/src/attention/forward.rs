@@ -1,25 +1,116 @@
-//! Launching the forward kernel on a CubeCL backend (Cuda, Wgpu): shape checks, block
-//! sizes, output allocation.
+//! Launching the forward kernels on a CubeCL backend (Cuda, Wgpu): shape checks, the choice
+//! of kernel, block sizes, output allocation.
+//!
+//! f16/bf16 inputs take the tensor-core kernel (`kernel_cmma.rs`) where the device has cmma
+//! 16×16×16 with f32 accumulators for that dtype, fixed-size planes and enough shared memory,
+//! and `head_dim` is a multiple of 16 up to 128; everything else (f32 always, lavapipe, WGSL)
+//! takes the plain kernel (`kernel.rs`). `MODERNBERT_ATTENTION_PATH=plain` forces the plain
+//! kernel (see [`PATH_ENV`]).
 
 use burn::tensor::{DType, Shape};
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeRuntime;
+use cubecl::features::{MmaConfig, Plane};
+use cubecl::ir::{ElemType, FloatKind, StorageType};
 use cubecl::prelude::*;
 
 use super::kernel::flash_attention_varlen_kernel;
-use super::VarlenMeta;
+use super::kernel_cmma::{flash_attention_varlen_cmma_kernel, PAD, PAD_F32, TILE};
+use super::{record_kernel_path, KernelPath, VarlenMeta, PATH_ENV};
 
-/// Query rows per cube (one unit each).
+/// Query rows per cube of the plain kernel (one unit each).
 const BLOCK_M: usize = 64;
 /// Shared memory used for the K and V tiles, in bytes (fits WebGPU's 16 KiB default).
 const TILE_BYTES: usize = 16 * 1024;
 
-/// Keys per tile: K and V tiles of `block_n × head_dim` f32 fill [`TILE_BYTES`].
+/// Planes (warps) per cube of the tensor-core kernel, 16 query rows each.
+const CMMA_PLANES: usize = 4;
+/// Keys per tile of the tensor-core kernel.
+const CMMA_BLOCK_N: usize = 64;
+/// Widest vector the tensor-core kernel moves to and from global memory (16 bytes of f16).
+const CMMA_MAX_VECTOR: usize = 8;
+
+/// Whether [`PATH_ENV`] forces the plain kernel. An unknown value is reported once on
+/// stderr and treated as the default.
+fn plain_forced() -> bool {
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    match std::env::var(PATH_ENV).as_deref() {
+        Ok("plain") => true,
+        Ok("cmma" | "auto" | "") | Err(_) => false,
+        Ok(other) => {
+            WARNED.call_once(|| {
+                eprintln!("{PATH_ENV}={other:?} is neither plain, cmma nor auto; using auto")
+            });
+            false
+        }
+    }
+}
+
+/// Keys per tile of the plain kernel: K and V tiles of `block_n × head_dim` f32 fill
+/// [`TILE_BYTES`].
 fn block_n(head_dim: usize, max_shared: usize) -> usize {
     let budget = TILE_BYTES.min(max_shared);
     (budget / (2 * head_dim * 4)).clamp(1, 64)
+}
+
+/// Sizes of a tensor-core launch.
+#[derive(Debug, Clone, Copy)]
+struct CmmaPlan {
+    /// Units per plane (fixed on this device).
+    plane_dim: usize,
+    /// Elements per global-memory vector.
+    vector: usize,
+}
+
+/// Shared memory of the tensor-core kernel in bytes (see `kernel_cmma.rs`): Q, K and V tiles
+/// and the per-plane P tiles in the 2-byte input dtype, the per-plane f32 scratch.
+fn cmma_shared_bytes(head_dim: usize) -> usize {
+    let block_m = TILE * CMMA_PLANES;
+    let tiles = (block_m + 2 * CMMA_BLOCK_N) * (head_dim + PAD) * 2;
+    let p = block_m * (CMMA_BLOCK_N + PAD) * 2;
+    let scratch = block_m * (CMMA_BLOCK_N.max(head_dim) + PAD_F32) * 4;
+    // Each of the five arrays may be padded to its 128-byte alignment.
+    tiles + p + scratch + 5 * 128
+}
+
+/// The tensor-core launch for these inputs on this device, or `None` where the plain kernel
+/// must run.
+fn cmma_plan<R: CubeRuntime>(
+    client: &ComputeClient<R>,
+    dtype: DType,
+    head_dim: usize,
+) -> Option<CmmaPlan> {
+    if !matches!(dtype, DType::F16 | DType::BF16) || head_dim % TILE != 0 || head_dim > 128 {
+        return None;
+    }
+    let properties = client.properties();
+    let features = &properties.features;
+    let input: StorageType = dtype.into();
+    let config = MmaConfig {
+        a_type: input,
+        b_type: input,
+        cd_type: ElemType::Float(FloatKind::F32).into(),
+        m: TILE as u32,
+        n: TILE as u32,
+        k: TILE as u32,
+    };
+    let hardware = &properties.hardware;
+    let plane_dim = hardware.plane_size_max as usize;
+    let vector = [CMMA_MAX_VECTOR, 4, 2, 1]
+        .into_iter()
+        .find(|&v| v <= hardware.max_vector_size as usize && head_dim % v == 0)?;
+    let usable = features.matmul.cmma.contains(&config)
+        && features.plane.contains(Plane::Ops)
+        && features.plane.contains(Plane::Sync)
+        && hardware.plane_size_min == hardware.plane_size_max
+        && plane_dim >= TILE
+        && plane_dim % TILE == 0
+        && (head_dim / vector) % (plane_dim / TILE) == 0
+        && CMMA_PLANES * plane_dim <= hardware.max_units_per_cube as usize
+        && cmma_shared_bytes(head_dim) <= hardware.max_shared_memory_size;
+    usable.then_some(CmmaPlan { plane_dim, vector })
 }
 
 /// Flash-attention forward over packed sequences; returns `(out, lse)`.
@@ -59,15 +150,49 @@ pub fn varlen_attention_forward<R: CubeRuntime>(
     if total == 0 {
         return (out, lse);
     }
-    let max_shared = client.properties().hardware.max_shared_memory_size;
-    let block_n = block_n(head_dim, max_shared);
-    let q_blocks = meta.max_seqlen.div_ceil(BLOCK_M);
+    let grid = |block_m: usize| {
+        CubeCount::Static(
+            meta.max_seqlen.div_ceil(block_m) as u32,
+            heads as u32,
+            batch as u32,
+        )
+    };
     let (f_dtype, i_dtype) = (q.dtype, cu_seqlens.dtype);
+    let plan = if plain_forced() {
+        None
+    } else {
+        cmma_plan(&client, f_dtype, head_dim)
+    };
+    if let Some(plan) = plan {
+        flash_attention_varlen_cmma_kernel::launch::<R>(
+            &client,
+            grid(TILE * CMMA_PLANES),
+            CubeDim::new_2d(plan.plane_dim as u32, CMMA_PLANES as u32),
+            plan.vector,
+            q.into_tensor_arg(),
+            k.into_tensor_arg(),
+            v.into_tensor_arg(),
+            cu_seqlens.into_tensor_arg(),
+            out.clone().into_tensor_arg(),
+            lse.clone().into_tensor_arg(),
+            meta.scale,
+            meta.window.unwrap_or(0) as u32,
+            head_dim,
+            CMMA_BLOCK_N,
+            CMMA_PLANES,
+            plan.plane_dim,
+            meta.window.is_some(),
+            [f_dtype.into(), i_dtype.into()],
+        );
+        record_kernel_path(KernelPath::TensorCore);
+        return (out, lse);
+    }
+    let max_shared = client.properties().hardware.max_shared_memory_size;
     // NVRTC compiles unrolled code quickly and it is what makes the kernel fast there.
     let unroll = R::name(&client).starts_with("cuda");
     flash_attention_varlen_kernel::launch::<R>(
         &client,
-        CubeCount::Static(q_blocks as u32, heads as u32, batch as u32),
+        grid(BLOCK_M),
         CubeDim::new_1d(BLOCK_M as u32),
         q.into_tensor_arg(),
         k.into_tensor_arg(),
@@ -78,10 +203,11 @@ pub fn varlen_attention_forward<R: CubeRuntime>(
         meta.scale,
         meta.window.unwrap_or(0) as u32,
         head_dim,
-        block_n,
+        block_n(head_dim, max_shared),
         meta.window.is_some(),
         unroll,
         [f_dtype.into(), i_dtype.into()],
     );
+    record_kernel_path(KernelPath::Plain);
     (out, lse)
 }

@@ -9,8 +9,7 @@
 
 use cubecl::prelude::*;
 
-/// Stand-in for −∞ (WGSL has no infinity literal): far below any real score.
-const NEG_BIG: f32 = -1.0e30;
+use super::tiling::{key_visible, query_block, NEG_BIG};
 
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
@@ -32,30 +31,25 @@ pub fn flash_attention_varlen_kernel<F: Float, I: Numeric>(
     let block_m = CUBE_DIM_X as usize;
     let unit = UNIT_POS_X as usize;
     let head = CUBE_POS_Y as usize;
-    let sequence = CUBE_POS_Z as usize;
     let heads = q.shape(1);
     let window = window as usize;
     let neg_big = f32::new(NEG_BIG);
     let zero = f32::new(0.0);
 
-    let start = u32::cast_from(cu_seqlens[sequence]) as usize;
-    let len = u32::cast_from(cu_seqlens[sequence + 1]) as usize - start;
     let q0 = CUBE_POS_X as usize * block_m;
+    let block = query_block(
+        cu_seqlens,
+        CUBE_POS_Z as usize,
+        q0,
+        block_m,
+        window,
+        windowed,
+    );
+    let start = block.start;
+    let k_lo = block.k_lo;
+    let k_hi = block.k_hi;
     let qi = q0 + unit;
-    let q_valid = qi < len;
-
-    // Keys this query block can see; empty when the block lies past the sequence end
-    // (every unit of the cube agrees, so the barriers below stay uniform).
-    let mut k_lo = 0;
-    let mut k_hi = 0;
-    if q0 < len {
-        k_hi = len;
-        if windowed {
-            let q_last = select(q0 + block_m < len, q0 + block_m, len) - 1;
-            k_lo = q0 - select(q0 < window, q0, window);
-            k_hi = select(len < q_last + window + 1, len, q_last + window + 1);
-        }
-    }
+    let q_valid = qi < block.len;
 
     let row = (start + qi) * heads + head;
     let mut q_row = Array::<f32>::new(head_dim);
@@ -98,11 +92,7 @@ pub fn flash_attention_varlen_kernel<F: Float, I: Numeric>(
 
         let mut tile_max = neg_big;
         for j in 0..block_n {
-            let key = kb + j;
-            let mut visible = q_valid && key < k_hi;
-            if windowed {
-                visible = visible && qi <= key + window && key <= qi + window;
-            }
+            let visible = q_valid && key_visible(qi, kb + j, k_hi, window, windowed);
             let mut s = 0.0;
             #[unroll(unroll)]
             for d in 0..head_dim {

@@ -3,18 +3,63 @@
 //! Sequences of different lengths are packed into one `[total, heads, head_dim]` tensor;
 //! `cu_seqlens` holds their offsets (HF / flash-attn convention). Each token attends only to
 //! tokens of its own sequence, and with a window only to those at most `window` positions
-//! away (ModernBERT's local layers: 64). Backends with CubeCL run our kernel
-//! (`kernel.rs`); every other backend, and `Autodiff`, runs `reference.rs`.
+//! away (ModernBERT's local layers: 64). Backends with CubeCL run our kernels (the
+//! tensor-core `kernel_cmma.rs` for f16/bf16 where the device has cmma, else the plain
+//! `kernel.rs`; `forward.rs` chooses); every other backend, and `Autodiff`, runs
+//! `reference.rs`.
 
 #[cfg(feature = "cube")]
 pub(crate) mod forward;
 #[cfg(feature = "cube")]
 mod kernel;
+#[cfg(feature = "cube")]
+mod kernel_cmma;
 pub mod reference;
+#[cfg(feature = "cube")]
+mod tiling;
+
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use burn::tensor::{Int, Tensor, TensorData, TensorPrimitive};
 
 use crate::Backend;
+
+/// Environment variable that chooses the CubeCL kernel: `plain` forces the plain kernel;
+/// `cmma` or `auto` (the default) take the tensor-core kernel wherever it applies (f16/bf16,
+/// a device with cmma) and the plain one elsewhere.
+pub const PATH_ENV: &str = "MODERNBERT_ATTENTION_PATH";
+
+/// Which CubeCL kernel computed an attention call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelPath {
+    /// One unit per query row, scalar f32 arithmetic (any dtype, any device).
+    Plain,
+    /// cmma tiles (tensor cores), f16/bf16 inputs with f32 accumulation.
+    TensorCore,
+}
+
+/// The kernel of the most recent CubeCL launch (0: none yet, 1: plain, 2: tensor cores).
+static LAST_KERNEL_PATH: AtomicU8 = AtomicU8::new(0);
+
+/// The CubeCL kernel that ran last in this process, `None` if none has (e.g. only the
+/// reference ran). For benchmarks and tests; process-wide, so calls on other threads in
+/// between overwrite it.
+pub fn last_kernel_path() -> Option<KernelPath> {
+    match LAST_KERNEL_PATH.load(Ordering::Relaxed) {
+        1 => Some(KernelPath::Plain),
+        2 => Some(KernelPath::TensorCore),
+        _ => None,
+    }
+}
+
+#[cfg_attr(not(feature = "cube"), allow(dead_code))]
+fn record_kernel_path(path: KernelPath) {
+    let code = match path {
+        KernelPath::Plain => 1,
+        KernelPath::TensorCore => 2,
+    };
+    LAST_KERNEL_PATH.store(code, Ordering::Relaxed);
+}
 
 /// Why an attention call was refused.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

@@ -1,0 +1,74 @@
+//! Which keys a block of queries sees (cube code shared by the plain and the tensor-core
+//! kernels): the sequence a cube works on, the key range its queries can reach, and the
+//! per-pair mask.
+//!
+//! Both kernels launch the grid `(ceil(max_seqlen / block_m), heads, batch)`: cube
+//! `(x, head, z)` owns queries `x·block_m ..` of sequence `z`. Key tiles wholly outside
+//! [`QueryBlock::k_lo`]`..`[`QueryBlock::k_hi`] are never loaded.
+
+use cubecl::prelude::*;
+
+/// Stand-in for −∞ (WGSL has no infinity literal): far below any real score.
+pub const NEG_BIG: f32 = -1.0e30;
+
+/// A cube's queries and the keys they can see, as positions within the sequence.
+#[derive(CubeType)]
+pub struct QueryBlock {
+    /// First token of the sequence in the packed tensors.
+    pub start: usize,
+    /// Tokens in the sequence.
+    pub len: usize,
+    /// First key any query of the block sees.
+    pub k_lo: usize,
+    /// One past the last key any query of the block sees; `k_lo == k_hi` when the block lies
+    /// past the sequence end (every unit of the cube agrees, so barriers stay uniform).
+    pub k_hi: usize,
+}
+
+/// The block of queries `q0 .. q0 + block_m` of sequence `sequence`: global attention sees
+/// the whole sequence, a window of ±`window` sees `[q0 − window, q_last + window]`.
+#[cube]
+pub fn query_block<I: Numeric>(
+    cu_seqlens: &Tensor<I>,
+    sequence: usize,
+    q0: usize,
+    block_m: usize,
+    window: usize,
+    #[comptime] windowed: bool,
+) -> QueryBlock {
+    let start = u32::cast_from(cu_seqlens[sequence]) as usize;
+    let len = u32::cast_from(cu_seqlens[sequence + 1]) as usize - start;
+    let mut k_lo = 0;
+    let mut k_hi = 0;
+    if q0 < len {
+        k_hi = len;
+        if windowed {
+            let q_last = select(q0 + block_m < len, q0 + block_m, len) - 1;
+            k_lo = q0 - select(q0 < window, q0, window);
+            k_hi = select(len < q_last + window + 1, len, q_last + window + 1);
+        }
+    }
+    QueryBlock {
+        start,
+        len,
+        k_lo,
+        k_hi,
+    }
+}
+
+/// Whether query `qi` sees key `key` (positions in the sequence), given that keys at or past
+/// `k_hi` are outside the block's range (or the sequence).
+#[cube]
+pub fn key_visible(
+    qi: usize,
+    key: usize,
+    k_hi: usize,
+    window: usize,
+    #[comptime] windowed: bool,
+) -> bool {
+    let mut visible = key < k_hi;
+    if windowed {
+        visible = visible && qi <= key + window && key <= qi + window;
+    }
+    visible
+}
