@@ -32,6 +32,7 @@ step hf_roundtrip "$BIN/hf_roundtrip" --nocapture --test-threads 1
 step make_base_reference python3 scripts/make_reference.py /tmp/base-1024 --preset base --lengths 1024,517
 step cuda_base_1024_parity "$BIN/parity" /tmp/base-1024 --backend cuda --tolerance 1e-4
 step cuda_attention_kernel "$BIN/attention_kernel" --nocapture --test-threads 1 cuda
+MODERNBERT_ATTENTION_PATH=plain step cuda_attention_kernel_plain "$BIN/attention_kernel" --nocapture --test-threads 1 cuda
 # Wgpu on the H200's Vulkan driver (the loader travels in .gl/, see the device README).
 if [ -d .gl ]; then
   for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig
@@ -40,6 +41,7 @@ if [ -d .gl ]; then
 fi
 echo "=== attention benchmark (ours, then PyTorch)" | tee -a "$OUT/summary.txt"
 "$BIN/attention-bench" --backend cuda --dtype bf16 2>&1 | tee "$OUT/bench_attention.md" | tee -a "$OUT/summary.txt"
+MODERNBERT_ATTENTION_PATH=plain "$BIN/attention-bench" --backend cuda --dtype bf16 2>&1 | tee -a "$OUT/bench_attention.md" | tee -a "$OUT/summary.txt"
 python3 scripts/bench_attention_torch.py 2>&1 | tee -a "$OUT/bench_attention.md" | tee -a "$OUT/summary.txt"
 # End-to-end encoder throughput (issue 7): `modernbert bench` (Cuda bf16, random-init base and
 # large) and HF transformers (sdpa, bf16) on the same documents, then the ratio; then Wgpu on
