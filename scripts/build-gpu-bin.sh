@@ -5,14 +5,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build -p modernbert-tests --features cuda --bin parity
-cargo build -p modernbert-infer --features cuda --bin attention-bench
+cargo build -p modernbert-infer --features cuda --bin attention-bench --bin gemm-bench
 test_binary() { # the executable of an integration test of modernbert-tests
   cargo test -p modernbert-tests --features cuda --test "$1" --no-run 2>&1 \
     | sed -n "s/.*Executable tests\/$1.rs (\(.*\))/\1/p"
 }
 rm -rf gpu-bin && mkdir -p gpu-bin/bin
-cp target/debug/parity target/debug/attention-bench gpu-bin/bin/
-for t in hf_roundtrip attention_kernel; do cp "$(test_binary $t)" "gpu-bin/bin/$t"; done
+cp target/debug/parity target/debug/attention-bench target/debug/gemm-bench gpu-bin/bin/
+for t in hf_roundtrip attention_kernel gemm; do cp "$(test_binary $t)" "gpu-bin/bin/$t"; done
 # The `modernbert` CLI (bench, pipelines) with our crates at opt-level 2 as well: Burn's generic
 # host code is compiled into them. Built last, since this changes their build settings.
 CARGO_PROFILE_DEV_OPT_LEVEL=2 cargo build -p modernbert-infer --features cuda --bin modernbert

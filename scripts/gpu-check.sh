@@ -21,8 +21,13 @@ step() { # name, command...
   echo "=== $name: $*" | tee -a "$OUT/summary.txt"
   if "$@" >"$OUT/$name.log" 2>&1; then echo "--- $name: ok" | tee -a "$OUT/summary.txt"
   else echo "--- $name: FAILED" | tee -a "$OUT/summary.txt"; status=1; fi
-  grep -E "max relative error|PASS|FAIL|roundtrip ok|test result|SKIPPED|panicked|head_dim|passed" "$OUT/$name.log" | head -60 | tee -a "$OUT/summary.txt"
+  grep -E "max relative error|PASS|FAIL|roundtrip ok|test result|SKIPPED|panicked|head_dim|passed|vs f64|gradients|step [0-9]" "$OUT/$name.log" | head -60 | tee -a "$OUT/summary.txt"
 }
+
+# cuBLASLt (our Cuda matmul) is loaded at run time: the CUDA toolkit's or PyTorch's copy.
+lt=$( (ls /usr/local/cuda/lib64/libcublasLt.so* 2>/dev/null; python3 -c "import nvidia.cublas, glob, os; print(*glob.glob(os.path.join(list(nvidia.cublas.__path__)[0], 'lib', 'libcublasLt.so*')))" 2>/dev/null) | tr ' ' '\n' | head -1)
+[ -n "$lt" ] && export LD_LIBRARY_PATH=$(dirname "$lt")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+echo "libcublasLt: ${lt:-NOT FOUND}" | tee -a "$OUT/summary.txt"
 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee -a "$OUT/summary.txt"
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" | tee -a "$OUT/summary.txt"
@@ -31,6 +36,7 @@ step cuda_fixture_parity "$BIN/parity" tests/fixtures/*/ --backend cuda --tolera
 step hf_roundtrip "$BIN/hf_roundtrip" --nocapture --test-threads 1
 step make_base_reference python3 scripts/make_reference.py /tmp/base-1024 --preset base --lengths 1024,517
 step cuda_base_1024_parity "$BIN/parity" /tmp/base-1024 --backend cuda --tolerance 1e-4
+step cuda_gemm "$BIN/gemm" --nocapture --test-threads 1 cuda
 step cuda_attention_kernel "$BIN/attention_kernel" --nocapture --test-threads 1 cuda
 MODERNBERT_ATTENTION_PATH=plain step cuda_attention_kernel_plain "$BIN/attention_kernel" --nocapture --test-threads 1 cuda
 # Wgpu on the H200's Vulkan driver (the loader travels in .gl/, see the device README).
@@ -39,6 +45,9 @@ if [ -d .gl ]; then
   icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json; [ -f $icd ] && export VK_DRIVER_FILES=$icd
   MODERNBERT_MAX_LEN=600 step vulkan_attention_kernel "$BIN/attention_kernel" --nocapture --test-threads 1 wgpu
 fi
+echo "=== GEMM benchmark (ours and Burn's, then torch.matmul)" | tee -a "$OUT/summary.txt"
+"$BIN/gemm-bench" --backend cuda --json "$OUT/gemm.jsonl" > "$OUT/bench_gemm_ours.md" 2>&1
+python3 scripts/bench_gemm_torch.py --ours "$OUT/gemm.jsonl" 2>&1 | tee "$OUT/bench_gemm.md" | tee -a "$OUT/summary.txt"
 echo "=== attention benchmark (ours, then PyTorch)" | tee -a "$OUT/summary.txt"
 "$BIN/attention-bench" --backend cuda --dtype bf16 2>&1 | tee "$OUT/bench_attention.md" | tee -a "$OUT/summary.txt"
 MODERNBERT_ATTENTION_PATH=plain "$BIN/attention-bench" --backend cuda --dtype bf16 2>&1 | tee -a "$OUT/bench_attention.md" | tee -a "$OUT/summary.txt"

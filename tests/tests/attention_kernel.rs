@@ -16,32 +16,7 @@ use modernbert_kernels::{
     last_kernel_path, varlen_attention, AttentionError, CuSeqlens, KernelPath,
     VarlenAttentionOptions, VarlenMeta,
 };
-
-/// xorshift64*, seeded from the clock unless `MODERNBERT_SEED` is set.
-struct Rng(u64);
-
-impl Rng {
-    fn from_env() -> Self {
-        let seed = std::env::var("MODERNBERT_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .as_nanos() as u64
-            });
-        println!("seed {seed} (rerun with MODERNBERT_SEED={seed})");
-        Rng(seed | 1)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
-    }
-}
+use modernbert_tests::random::Rng;
 
 fn max_relative_error<B: Backend, const D: usize>(
     ours: Tensor<B, D>,

@@ -1,0 +1,187 @@
+//! `gemm-bench [--backend cuda] [--tokens N] [--json FILE]`: times the dense products of
+//! ModernBERT's linear layers (base and large), forward `X·W` and the two backward products
+//! `dY·Wᵀ` and `Xᵀ·dY` with their transposed operands read in place, in bf16 and f16, through
+//! our matmul (cuBLASLt on Cuda) and through Burn's own, and prints a table.
+//! `scripts/bench_gemm_torch.py --ours FILE` times torch.matmul on the same problems and
+//! prints both with the ratio.
+
+use std::time::Instant;
+
+use anyhow::Result;
+use burn::tensor::{DType, Distribution, Tensor, TensorPrimitive};
+use clap::Parser;
+use modernbert_infer::{with_backend, BackendKind};
+use modernbert_kernels::Backend;
+
+#[derive(Parser, Debug)]
+struct Args {
+    #[arg(long, value_enum, default_value_t = BackendKind::Cuda)]
+    backend: BackendKind,
+    /// Rows of the activations (tokens in a batch).
+    #[arg(long, default_value_t = 16384)]
+    tokens: usize,
+    /// Minimum timed seconds per problem (after warm-up).
+    #[arg(long, default_value_t = 0.3)]
+    seconds: f64,
+    /// Also write one JSON object per measurement here (for the PyTorch script).
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+}
+
+/// A linear layer `[d_in] → [d_out]` of a model size.
+struct Layer {
+    model: &'static str,
+    name: &'static str,
+    d_in: usize,
+    d_out: usize,
+}
+
+const LAYERS: [Layer; 7] = [
+    Layer {
+        model: "base",
+        name: "Wqkv, Wi",
+        d_in: 768,
+        d_out: 2304,
+    },
+    Layer {
+        model: "base",
+        name: "mlp.Wo",
+        d_in: 1152,
+        d_out: 768,
+    },
+    Layer {
+        model: "base",
+        name: "attn.Wo",
+        d_in: 768,
+        d_out: 768,
+    },
+    Layer {
+        model: "large",
+        name: "Wqkv",
+        d_in: 1024,
+        d_out: 3072,
+    },
+    Layer {
+        model: "large",
+        name: "Wi",
+        d_in: 1024,
+        d_out: 5248,
+    },
+    Layer {
+        model: "large",
+        name: "mlp.Wo",
+        d_in: 2624,
+        d_out: 1024,
+    },
+    Layer {
+        model: "large",
+        name: "attn.Wo",
+        d_in: 1024,
+        d_out: 1024,
+    },
+];
+
+/// Mean seconds per call of `run`, after warm-up, over at least `min_seconds`.
+fn time<B: Backend>(device: &B::Device, min_seconds: f64, run: impl Fn()) -> Result<f64> {
+    for _ in 0..3 {
+        run();
+    }
+    B::sync(device)?;
+    let (start, mut iters) = (Instant::now(), 0usize);
+    while iters < 5 || start.elapsed().as_secs_f64() < min_seconds {
+        for _ in 0..5 {
+            run();
+        }
+        iters += 5;
+        B::sync(device)?;
+    }
+    Ok(start.elapsed().as_secs_f64() / iters as f64)
+}
+
+fn bench<B: Backend>(args: &Args, device: B::Device) -> Result<()> {
+    let mut json = Vec::new();
+    let t = args.tokens;
+    println!("| model | layer | product | m×k×n | dtype | ours TFLOP/s | ours host µs/call | Burn's TFLOP/s |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for dtype in [DType::BF16, DType::F16] {
+        for layer in &LAYERS {
+            let random = |shape: [usize; 2]| {
+                Tensor::<B, 2>::random(shape, Distribution::Default, &device).cast(dtype)
+            };
+            let (x, w, dy) = (
+                random([t, layer.d_in]),
+                random([layer.d_in, layer.d_out]),
+                random([t, layer.d_out]),
+            );
+            let products = [
+                ("X·W", x.clone(), w.clone(), [t, layer.d_in, layer.d_out]),
+                (
+                    "dY·Wᵀ",
+                    dy.clone(),
+                    w.clone().transpose(),
+                    [t, layer.d_out, layer.d_in],
+                ),
+                (
+                    "Xᵀ·dY",
+                    x.clone().transpose(),
+                    dy.clone(),
+                    [layer.d_in, t, layer.d_out],
+                ),
+            ];
+            for (product, lhs, rhs, [m, k, n]) in products {
+                let flops = 2.0 * (m * k * n) as f64;
+                let ours = time::<B>(&device, args.seconds, || {
+                    let _ = modernbert_kernels::matmul(lhs.clone(), rhs.clone());
+                })?;
+                let burns = time::<B>(&device, args.seconds, || {
+                    let (l, r) = (lhs.clone().into_primitive(), rhs.clone().into_primitive());
+                    let _ = Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(
+                        B::float_matmul(l.tensor(), r.tensor()),
+                    ));
+                })?;
+                // Host time to enqueue one of ours (no sync in between): above the GPU
+                // time, the GPU starves.
+                B::sync(&device)?;
+                let start = Instant::now();
+                for _ in 0..20 {
+                    let _ = modernbert_kernels::matmul(lhs.clone(), rhs.clone());
+                }
+                let host_us = start.elapsed().as_secs_f64() / 20.0 * 1e6;
+                B::sync(&device)?;
+                let (ours, burns) = (flops / ours / 1e12, flops / burns / 1e12);
+                println!(
+                    "| {} | {} | {product} | {m}×{k}×{n} | {dtype:?} | {ours:.0} | {host_us:.0} | {burns:.0} |",
+                    layer.model, layer.name
+                );
+                json.push(serde_json::json!({
+                    "model": layer.model, "layer": layer.name, "product": product,
+                    "m": m, "k": k, "n": n, "dtype": format!("{dtype:?}").to_lowercase(),
+                    "ours_tflops": ours, "ours_host_us": host_us, "burn_tflops": burns,
+                }));
+            }
+        }
+    }
+    if let Some(path) = &args.json {
+        let lines: Vec<String> = json.iter().map(|v| v.to_string()).collect();
+        std::fs::write(path, lines.join("\n") + "\n")?;
+    }
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    with_backend!(args.backend, |B, device| bench::<B>(&args, device))?;
+    match cublaslt_status() {
+        Ok(()) => println!("\nours = cuBLASLt (modernbert_kernels::matmul)"),
+        Err(reason) => println!("\nWARNING: ours is NOT cuBLASLt: {reason}"),
+    }
+    Ok(())
+}
+
+/// Whether our matmul runs on cuBLASLt in this binary.
+fn cublaslt_status() -> Result<(), String> {
+    #[cfg(feature = "cuda")]
+    return modernbert_kernels::cublaslt_status();
+    #[cfg(not(feature = "cuda"))]
+    Err("built without the `cuda` feature: no cuBLASLt".into())
+}

@@ -1,0 +1,391 @@
+//! Dense matmul on NVIDIA GPUs through cuBLASLt (NVIDIA's GEMM library, loaded at run time).
+//!
+//! ModernBERT's time goes mostly into its linear layers, and Burn 0.21's own CUDA matmul
+//! reaches about 0.3× of cuBLAS on their shapes (DESIGN.md). On the Cuda backend every
+//! [`crate::matmul`] therefore lands here: f32 (computed in full f32, never TF32), f16 and
+//! bf16 (f32 accumulation), with either operand row- or column-major, so the transposed
+//! operands of the backward products (`dY·Wᵀ`, `Xᵀ·dY`) are read in place.
+//!
+//! # Ordering with Burn's kernels
+//! CubeCL 0.10 keeps the CUDA stream it launches on private, so a GEMM cannot be enqueued
+//! on it. We run cuBLASLt on a stream of our own and order it against CubeCL's work on the
+//! device, without blocking the CPU: before a GEMM, `cuCtxRecordEvent` captures all work
+//! submitted to the (primary) context so far and our stream waits for it; after it,
+//! `cuCtxWaitEvent` makes all work submitted later to the context wait for the GEMM. These
+//! need a CUDA 12.5+ driver.
+//!
+//! When something is unavailable (no libcublasLt, an older driver) this path turns itself
+//! off with one warning on stderr and Burn's matmul is used; `MODERNBERT_CUBLASLT=0` turns
+//! it off on purpose (benchmarks compare both).
+
+use std::any::Any;
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::sync::{Mutex, OnceLock};
+
+use burn::tensor::DType;
+use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
+use burn_cubecl::tensor::CubeTensor;
+use burn_cubecl::CubeRuntime;
+use cubecl::cuda::{CudaDevice, CudaRuntime};
+use cubecl::prelude::ComputeClient;
+use cudarc::cublaslt::result as lt;
+use cudarc::cublaslt::sys as lt_sys;
+use cudarc::driver::result as cu;
+use cudarc::driver::sys as cu_sys;
+
+use crate::gemm_layout::Problem;
+
+/// cuBLASLt's scratch space per device; Hopper's fastest kernels want tens of MiB.
+const WORKSPACE_BYTES: usize = 32 << 20;
+/// Plans are cached per shape; serving with many distinct token counts would grow the
+/// cache without end, so it is cleared past this size.
+const MAX_CACHED_PLANS: usize = 4096;
+
+/// `lhs · rhs` through cuBLASLt, or `None` when this path does not apply (not Cuda, an
+/// unsupported dtype or layout, or cuBLASLt unavailable): the caller then uses Burn's.
+///
+/// # Shapes
+/// - lhs: `[..., m, k]`, rhs: `[..., k, n]`; batch dims equal or 1 (broadcast)
+/// - output: `[..., m, n]`, contiguous
+pub(crate) fn matmul<R: CubeRuntime>(
+    lhs: &CubeTensor<R>,
+    rhs: &CubeTensor<R>,
+) -> Option<CubeTensor<R>> {
+    let client = (&lhs.client as &dyn Any).downcast_ref::<ComputeClient<CudaRuntime>>()?;
+    let device = (&lhs.device as &dyn Any).downcast_ref::<CudaDevice>()?;
+    let data_type = data_type(lhs.dtype)?;
+    if rhs.dtype != lhs.dtype || !enabled() {
+        return None;
+    }
+    let problem = Problem::new(
+        lhs.meta.shape(),
+        lhs.meta.strides(),
+        rhs.meta.shape(),
+        rhs.meta.strides(),
+    )?;
+    if problem.k == 0 {
+        return None; // an all-zero output; Burn's matmul handles it
+    }
+    // CubeCL runs every server call on its device thread, and each blocking call from here
+    // waits for that thread's queue: one blocking round trip for the whole GEMM (output
+    // allocation, device pointers, cuBLASLt enqueue), not one per call. Nested client calls
+    // on the device thread run inline.
+    let enqueue = || {
+        let out = empty_device_contiguous_dtype(
+            lhs.client.clone(),
+            lhs.device.clone(),
+            problem.out_shape.clone().into(),
+            lhs.dtype,
+        );
+        if problem.m * problem.n * problem.batch == 0 {
+            return Some(out);
+        }
+        let pointers = [&lhs.handle, &rhs.handle, &out.handle]
+            .map(|handle| client.get_resource(handle.clone()).ok());
+        let [Some(a), Some(b), Some(d)] = pointers else {
+            return None;
+        };
+        let ptrs = [a.resource().ptr, b.resource().ptr, d.resource().ptr];
+        let mut devices = devices()
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let state = match devices.entry(device.index) {
+            Entry::Occupied(entry) => entry.into_mut(),
+            Entry::Vacant(entry) => match DeviceState::new(device.index) {
+                Ok(state) => entry.insert(state),
+                Err(error) => {
+                    disable(&format!(
+                        "cannot set up cuBLASLt on cuda:{}: {error}",
+                        device.index
+                    ));
+                    return None;
+                }
+            },
+        };
+        match state.run(&problem, data_type, ptrs) {
+            Ok(()) => Some(out),
+            Err(error) => {
+                disable(&format!("cuBLASLt matmul {problem:?} failed: {error}"));
+                None
+            }
+        }
+    };
+    client.exclusive(enqueue).ok().flatten()
+}
+
+fn data_type(dtype: DType) -> Option<lt_sys::cudaDataType> {
+    match dtype {
+        DType::F32 => Some(lt_sys::cudaDataType::CUDA_R_32F),
+        DType::F16 => Some(lt_sys::cudaDataType::CUDA_R_16F),
+        DType::BF16 => Some(lt_sys::cudaDataType::CUDA_R_16BF),
+        _ => None,
+    }
+}
+
+static DISABLED: OnceLock<String> = OnceLock::new();
+
+fn enabled() -> bool {
+    static CHECKED: OnceLock<bool> = OnceLock::new();
+    let allowed = *CHECKED.get_or_init(|| {
+        if std::env::var("MODERNBERT_CUBLASLT").is_ok_and(|v| v == "0") {
+            return false;
+        }
+        // SAFETY: only probes whether the shared library can be opened.
+        let present = unsafe { lt_sys::is_culib_present() };
+        if !present {
+            disable("libcublasLt was not found (is the CUDA toolkit's lib64 on LD_LIBRARY_PATH?)");
+        }
+        present
+    });
+    allowed && DISABLED.get().is_none()
+}
+
+/// Turns this path off for the rest of the process, saying why once.
+fn disable(reason: &str) {
+    if DISABLED.set(reason.to_string()).is_ok() {
+        eprintln!("modernbert: {reason}; falling back to Burn's matmul (about 3x slower)");
+    }
+}
+
+/// Whether cuBLASLt serves this process's Cuda matmuls; `Err` holds the reason it does not.
+pub fn status() -> Result<(), String> {
+    if !enabled() {
+        return Err(DISABLED
+            .get()
+            .cloned()
+            .unwrap_or_else(|| "turned off by MODERNBERT_CUBLASLT=0".into()));
+    }
+    Ok(())
+}
+
+/// cuBLASLt objects of one device: handle, our stream, the ordering events, the workspace
+/// and the plans chosen per problem.
+struct DeviceState {
+    context: cu_sys::CUcontext,
+    stream: cu_sys::CUstream,
+    /// Recorded on the whole context before a GEMM, waited on by our stream.
+    before: cu_sys::CUevent,
+    /// Recorded on our stream after a GEMM, waited on by the whole context.
+    after: cu_sys::CUevent,
+    handle: lt_sys::cublasLtHandle_t,
+    workspace: cu_sys::CUdeviceptr,
+    plans: HashMap<(Problem, u32), Plan>,
+}
+
+// SAFETY: the raw CUDA objects are only used under the `devices()` mutex, with the device's
+// primary context made current first.
+unsafe impl Send for DeviceState {}
+
+fn devices() -> &'static Mutex<HashMap<usize, DeviceState>> {
+    static DEVICES: OnceLock<Mutex<HashMap<usize, DeviceState>>> = OnceLock::new();
+    DEVICES.get_or_init(Default::default)
+}
+
+/// Errors from the driver or from cuBLASLt, as text for the one-time warning.
+type SetupError = String;
+
+fn driver(result: Result<(), cu::DriverError>, what: &str) -> Result<(), SetupError> {
+    result.map_err(|error| format!("{what}: {error:?}"))
+}
+
+impl DeviceState {
+    fn new(index: usize) -> Result<Self, SetupError> {
+        let ordinal = i32::try_from(index).map_err(|_| format!("device index {index}"))?;
+        let device = cu::device::get(ordinal).map_err(|e| format!("cuDeviceGet: {e:?}"))?;
+        // SAFETY: plain driver calls on a valid device; the primary context is the one
+        // CubeCL uses (cubecl-cuda retains it too), so pointers from Burn are valid in it.
+        unsafe {
+            let context =
+                cu::primary_ctx::retain(device).map_err(|e| format!("primary context: {e:?}"))?;
+            driver(cu::ctx::set_current(context), "cuCtxSetCurrent")?;
+            let stream = cu::stream::create(cu::stream::StreamKind::NonBlocking)
+                .map_err(|e| format!("cuStreamCreate: {e:?}"))?;
+            let event = || {
+                cu::event::create(cu_sys::CUevent_flags::CU_EVENT_DISABLE_TIMING)
+                    .map_err(|e| format!("cuEventCreate: {e:?}"))
+            };
+            let (before, after) = (event()?, event()?);
+            let handle = lt::create_handle().map_err(|e| format!("cublasLtCreate: {e}"))?;
+            let workspace = cu::malloc_sync(WORKSPACE_BYTES)
+                .map_err(|e| format!("workspace of {WORKSPACE_BYTES} bytes: {e:?}"))?;
+            Ok(Self {
+                context,
+                stream,
+                before,
+                after,
+                handle,
+                workspace,
+                plans: HashMap::new(),
+            })
+        }
+    }
+
+    /// Enqueues `D = A·B` (column-major terms, see [`Problem`]) ordered after everything
+    /// already submitted to the device and before everything submitted later.
+    fn run(
+        &mut self,
+        problem: &Problem,
+        data_type: lt_sys::cudaDataType,
+        [lhs, rhs, out]: [u64; 3],
+    ) -> Result<(), SetupError> {
+        // SAFETY: every object below was created in `new` for this context; the pointers
+        // come from live Burn tensors that the caller holds until this returns, and the
+        // event ordering keeps their memory from being reused before the GEMM ran.
+        unsafe {
+            driver(cu::ctx::set_current(self.context), "cuCtxSetCurrent")?;
+            if self.plans.len() >= MAX_CACHED_PLANS {
+                self.plans.clear();
+            }
+            let key = (problem.clone(), data_type as u32);
+            let plan = match self.plans.entry(key) {
+                Entry::Occupied(entry) => entry.into_mut(),
+                Entry::Vacant(entry) => entry.insert(Plan::new(self.handle, problem, data_type)?),
+            };
+            driver(
+                cu_sys::cuCtxRecordEvent(self.context, self.before).result(),
+                "cuCtxRecordEvent",
+            )?;
+            driver(
+                cu::stream::wait_event(
+                    self.stream,
+                    self.before,
+                    cu_sys::CUevent_wait_flags::CU_EVENT_WAIT_DEFAULT,
+                ),
+                "cuStreamWaitEvent",
+            )?;
+            let (alpha, beta) = (1.0f32, 0.0f32);
+            lt::matmul(
+                self.handle,
+                plan.desc,
+                &alpha as *const f32 as *const c_void,
+                &beta as *const f32 as *const c_void,
+                rhs as *const c_void,
+                plan.a,
+                lhs as *const c_void,
+                plan.b,
+                out as *const c_void,
+                plan.d,
+                out as *mut c_void,
+                plan.d,
+                &plan.algo,
+                self.workspace as *mut c_void,
+                WORKSPACE_BYTES,
+                self.stream as lt_sys::cudaStream_t,
+            )
+            .map_err(|e| format!("cublasLtMatmul: {e}"))?;
+            driver(cu::event::record(self.after, self.stream), "cuEventRecord")?;
+            driver(
+                cu_sys::cuCtxWaitEvent(self.context, self.after).result(),
+                "cuCtxWaitEvent",
+            )
+        }
+    }
+}
+
+/// The descriptors and the algorithm cuBLASLt's heuristic picked for one problem.
+struct Plan {
+    desc: lt_sys::cublasLtMatmulDesc_t,
+    a: lt_sys::cublasLtMatrixLayout_t,
+    b: lt_sys::cublasLtMatrixLayout_t,
+    d: lt_sys::cublasLtMatrixLayout_t,
+    algo: lt_sys::cublasLtMatmulAlgo_t,
+}
+
+impl Plan {
+    /// # Safety
+    /// `handle` must be a live cuBLASLt handle.
+    unsafe fn new(
+        handle: lt_sys::cublasLtHandle_t,
+        p: &Problem,
+        data_type: lt_sys::cudaDataType,
+    ) -> Result<Self, SetupError> {
+        fn err(what: &'static str) -> impl Fn(lt::CublasError) -> SetupError {
+            move |e| format!("{what}: {e}")
+        }
+        // f32 stays f32 (no TF32); f16/bf16 accumulate in f32, as torch.matmul does.
+        let desc = lt::create_matmul_desc(
+            lt_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            lt_sys::cudaDataType::CUDA_R_32F,
+        )
+        .map_err(err("cublasLtMatmulDescCreate"))?;
+        for (attr, operand) in [
+            (
+                lt_sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSA,
+                &p.a,
+            ),
+            (
+                lt_sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSB,
+                &p.b,
+            ),
+        ] {
+            // cublasOperation_t (from cuBLAS proper, not in cuBLASLt's bindings): N = 0, T = 1.
+            let op: i32 = operand.transposed.into();
+            lt::set_matmul_desc_attribute(
+                desc,
+                attr,
+                &op as *const _ as *const c_void,
+                std::mem::size_of_val(&op),
+            )
+            .map_err(err("cublasLtMatmulDescSetAttribute"))?;
+        }
+        let layout = |rows: usize, cols: usize, ld: usize, batch_stride: usize| {
+            let layout = lt::create_matrix_layout(data_type, rows as u64, cols as u64, ld as i64)
+                .map_err(err("cublasLtMatrixLayoutCreate"))?;
+            if p.batch > 1 {
+                let count = p.batch as i32;
+                let stride = batch_stride as i64;
+                lt::set_matrix_layout_attribute(
+                    layout,
+                    lt_sys::cublasLtMatrixLayoutAttribute_t::CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT,
+                    &count as *const i32 as *const c_void,
+                    std::mem::size_of::<i32>(),
+                )
+                .map_err(err("batch count"))?;
+                lt::set_matrix_layout_attribute(
+                    layout,
+                    lt_sys::cublasLtMatrixLayoutAttribute_t::CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET,
+                    &stride as *const i64 as *const c_void,
+                    std::mem::size_of::<i64>(),
+                )
+                .map_err(err("batch stride"))?;
+            }
+            Ok::<_, SetupError>(layout)
+        };
+        let a = layout(p.a.rows, p.a.cols, p.a.ld, p.a.batch_stride)?;
+        let b = layout(p.b.rows, p.b.cols, p.b.ld, p.b.batch_stride)?;
+        let d = layout(p.n, p.m, p.n, p.n * p.m)?;
+        let pref = lt::create_matmul_pref().map_err(err("cublasLtMatmulPreferenceCreate"))?;
+        let workspace = WORKSPACE_BYTES as u64;
+        lt::set_matmul_pref_attribute(
+            pref,
+            lt_sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+            &workspace as *const u64 as *const c_void,
+            std::mem::size_of::<u64>(),
+        )
+        .map_err(err("workspace preference"))?;
+        let heuristic = lt::get_matmul_algo_heuristic(handle, desc, a, b, d, d, pref);
+        let _ = lt::destroy_matmul_pref(pref);
+        let heuristic = heuristic.map_err(err("no cuBLASLt algorithm for this problem"))?;
+        Ok(Self {
+            desc,
+            a,
+            b,
+            d,
+            algo: heuristic.algo,
+        })
+    }
+}
+
+impl Drop for Plan {
+    fn drop(&mut self) {
+        // SAFETY: created in `Plan::new` and dropped once.
+        unsafe {
+            let _ = lt::destroy_matrix_layout(self.a);
+            let _ = lt::destroy_matrix_layout(self.b);
+            let _ = lt::destroy_matrix_layout(self.d);
+            let _ = lt::destroy_matmul_desc(self.desc);
+        }
+    }
+}
