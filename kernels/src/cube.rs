@@ -1,7 +1,7 @@
 //! [`Backend`] for Burn's CubeCL backends (Cuda, Wgpu).
 
 use burn::tensor::ops::{FloatTensor, FloatTensorOps, IntTensor};
-use burn::tensor::DType;
+use burn::tensor::{DType, FloatDType};
 use burn_cubecl::cubecl::ir::{ElemType, FloatKind, StorageType};
 use burn_cubecl::kernel::matmul::init_matmul_output;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
@@ -9,6 +9,7 @@ use cubek::matmul::definition::{MatmulElems, MatmulGlobalElems};
 use cubek::matmul::launch::{launch_ref, Strategy};
 use cubek::std::InputBinding;
 
+use crate::attention::backward::varlen_attention_backward;
 use crate::attention::forward::varlen_attention_forward;
 use crate::{Backend, VarlenMeta};
 
@@ -16,6 +17,10 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> Backend
     for CubeBackend<R, F, I, BT>
 {
     fn matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {
+        #[cfg(feature = "cuda")]
+        if let Some(out) = crate::cublaslt::matmul(&lhs, &rhs) {
+            return out;
+        }
         let tf32: StorageType = ElemType::Float(FloatKind::TF32).into();
         let f32_operands = lhs.dtype == DType::F32 && rhs.dtype == DType::F32;
         // Burn's default matmul downgrades f32 to TF32 exactly when the device supports it.
@@ -60,5 +65,23 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> Backend
         meta: &VarlenMeta,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         varlen_attention_forward(q, k, v, cu_seqlens, meta)
+    }
+
+    fn varlen_attention_backward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        out: FloatTensor<Self>,
+        lse: FloatTensor<Self>,
+        d_out: FloatTensor<Self>,
+        cu_seqlens: IntTensor<Self>,
+        meta: &VarlenMeta,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        // D = rowsum(dO ∘ O) in f32, [total, heads].
+        let f32 = |t| Self::float_cast(t, FloatDType::F32);
+        let product = Self::float_mul(f32(d_out.clone()), f32(out));
+        let [total, heads, _] = product.meta.shape().dims::<3>();
+        let delta = Self::float_reshape(Self::float_sum_dim(product, 2), [total, heads].into());
+        varlen_attention_backward(q, k, v, d_out, lse, delta, cu_seqlens, meta)
     }
 }

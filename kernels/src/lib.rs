@@ -11,8 +11,17 @@ use burn::tensor::ops::{FloatTensor, IntTensor};
 use burn::tensor::{Tensor, TensorPrimitive};
 
 pub mod attention;
+#[cfg(any(feature = "autodiff", test))]
+mod autodiff;
 #[cfg(feature = "cube")]
 mod cube;
+#[cfg(feature = "cuda")]
+mod cublaslt;
+#[cfg(any(feature = "cuda", test))]
+mod gemm_layout;
+
+#[cfg(feature = "cuda")]
+pub use cublaslt::status as cublaslt_status;
 
 pub use attention::{
     last_kernel_path, varlen_attention, AttentionError, CuSeqlens, KernelPath,
@@ -48,6 +57,40 @@ pub trait Backend: burn::tensor::backend::Backend {
             attention::reference::varlen_attention_reference(wrap(q), wrap(k), wrap(v), meta);
         (out.into_primitive().tensor(), lse.into_primitive().tensor())
     }
+
+    /// Gradients of [`Backend::varlen_attention`] with respect to q, k and v, from the
+    /// forward's inputs, `out` and `lse`, and the output gradient `d_out`; returns
+    /// `(dq, dk, dv)`. The default is the exact reference in plain tensor ops
+    /// (`attention::reference::varlen_attention_backward_reference`).
+    ///
+    /// # Shapes
+    /// - q, k, v, out, d_out: `[total, heads, head_dim]`; lse: `[total, heads]` (f32)
+    #[allow(clippy::too_many_arguments)]
+    fn varlen_attention_backward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        out: FloatTensor<Self>,
+        lse: FloatTensor<Self>,
+        d_out: FloatTensor<Self>,
+        cu_seqlens: IntTensor<Self>,
+        meta: &VarlenMeta,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let _ = cu_seqlens; // the reference reads the host copy in `meta`
+        let wrap = |t| Tensor::<Self, 3>::from_primitive(TensorPrimitive::Float(t));
+        let lse = Tensor::<Self, 2>::from_primitive(TensorPrimitive::Float(lse));
+        let (dq, dk, dv) = attention::reference::varlen_attention_backward_reference(
+            wrap(q),
+            wrap(k),
+            wrap(v),
+            wrap(out),
+            lse,
+            wrap(d_out),
+            meta,
+        );
+        let float = |t: Tensor<Self, 3>| t.into_primitive().tensor();
+        (float(dq), float(dk), float(dv))
+    }
 }
 
 #[cfg(feature = "ndarray")]
@@ -58,13 +101,6 @@ where
     Q: burn::backend::ndarray::QuantElement,
     burn::backend::ndarray::NdArrayTensor: From<burn::backend::ndarray::SharedArray<E>>,
     burn::backend::ndarray::NdArrayTensor: From<burn::backend::ndarray::SharedArray<I>>,
-{
-}
-
-/// Under autodiff, Burn's differentiable ops are used (gradients need them).
-#[cfg(feature = "autodiff")]
-impl<B: Backend, C: burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy> Backend
-    for burn::backend::Autodiff<B, C>
 {
 }
 

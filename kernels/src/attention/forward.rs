@@ -20,8 +20,8 @@ use super::kernel::flash_attention_varlen_kernel;
 use super::kernel_cmma::{flash_attention_varlen_cmma_kernel, PAD, PAD_F32, TILE};
 use super::{record_kernel_path, KernelPath, VarlenMeta, PATH_ENV};
 
-/// Query rows per cube of the plain kernel (one unit each).
-const BLOCK_M: usize = 64;
+/// Query rows per cube of the plain kernels (one unit each; the backward's too).
+pub(crate) const BLOCK_M: usize = 64;
 /// Shared memory used for the K and V tiles, in bytes (fits WebGPU's 16 KiB default).
 const TILE_BYTES: usize = 16 * 1024;
 
@@ -48,11 +48,17 @@ fn plain_forced() -> bool {
     }
 }
 
-/// Keys per tile of the plain kernel: K and V tiles of `block_n × head_dim` f32 fill
-/// [`TILE_BYTES`].
-fn block_n(head_dim: usize, max_shared: usize) -> usize {
+/// Rows per tile of a plain kernel: two tiles of `block_n × head_dim` f32 (K and V; Q and
+/// dO in the backward) plus `extra_bytes` per row fill [`TILE_BYTES`].
+pub(crate) fn plain_block_n(head_dim: usize, max_shared: usize, extra_bytes: usize) -> usize {
     let budget = TILE_BYTES.min(max_shared);
-    (budget / (2 * head_dim * 4)).clamp(1, 64)
+    (budget / (2 * head_dim * 4 + extra_bytes)).clamp(1, 64)
+}
+
+/// Whether the plain kernels unroll their loops over `head_dim`: NVRTC compiles unrolled
+/// code quickly and it is what makes them fast there; lavapipe takes minutes on it.
+pub(crate) fn plain_unroll<R: CubeRuntime>(client: &ComputeClient<R>) -> bool {
+    R::name(client).starts_with("cuda")
 }
 
 /// Sizes of a tensor-core launch.
@@ -188,8 +194,7 @@ pub fn varlen_attention_forward<R: CubeRuntime>(
         return (out, lse);
     }
     let max_shared = client.properties().hardware.max_shared_memory_size;
-    // NVRTC compiles unrolled code quickly and it is what makes the kernel fast there.
-    let unroll = R::name(&client).starts_with("cuda");
+    let unroll = plain_unroll(&client);
     flash_attention_varlen_kernel::launch::<R>(
         &client,
         grid(BLOCK_M),
@@ -203,7 +208,7 @@ pub fn varlen_attention_forward<R: CubeRuntime>(
         meta.scale,
         meta.window.unwrap_or(0) as u32,
         head_dim,
-        block_n(head_dim, max_shared),
+        plain_block_n(head_dim, max_shared, 0),
         meta.window.is_some(),
         unroll,
         [f_dtype.into(), i_dtype.into()],

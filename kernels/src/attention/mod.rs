@@ -9,9 +9,13 @@
 //! `reference.rs`.
 
 #[cfg(feature = "cube")]
+pub(crate) mod backward;
+#[cfg(feature = "cube")]
 pub(crate) mod forward;
 #[cfg(feature = "cube")]
 mod kernel;
+#[cfg(feature = "cube")]
+mod kernel_backward;
 #[cfg(feature = "cube")]
 mod kernel_cmma;
 pub mod reference;

@@ -1,0 +1,204 @@
+//! [`Backend`] under Burn's autodiff: both operations register their own backward.
+//! - matmul: both backward products (`dX = dY·Wᵀ`, `dW = Xᵀ·dY`) go through the inner
+//!   backend's [`Backend::matmul`] (cuBLASLt on Cuda) instead of Burn's generic matmul; the
+//!   transposes are views, read in place.
+//! - varlen attention: the forward runs the inner backend's kernel and saves only its
+//!   inputs, `out`, `lse` and `cu_seqlens`; the backward calls
+//!   [`Backend::varlen_attention_backward`] (our backward kernels on CubeCL backends, the
+//!   exact reference formulas elsewhere). No `S²` tensor is kept. `lse` is returned
+//!   untracked (nothing differentiates through it).
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{binary, broadcast_shape, Backward, Ops, OpsKind};
+use burn::backend::autodiff::NodeId;
+use burn::backend::Autodiff;
+use burn::tensor::ops::{FloatTensor, IntTensor};
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{Shape, TensorMetadata};
+
+use crate::{Backend, VarlenMeta};
+
+/// What the attention backward needs (owned copies of the forward's arguments).
+#[derive(Debug, Clone)]
+struct SavedAttention<B: Backend> {
+    q: FloatTensor<B>,
+    k: FloatTensor<B>,
+    v: FloatTensor<B>,
+    out: FloatTensor<B>,
+    lse: FloatTensor<B>,
+    cu_seqlens: IntTensor<B>,
+    offsets: Vec<u32>,
+    max_seqlen: usize,
+    window: Option<usize>,
+    scale: f32,
+}
+
+#[derive(Debug)]
+struct VarlenAttention;
+
+impl<B: Backend> Backward<B, 3> for VarlenAttention {
+    type State = SavedAttention<B>;
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let d_out = grads.consume::<B>(&ops.node);
+        let saved = ops.state;
+        let meta = VarlenMeta {
+            offsets: &saved.offsets,
+            max_seqlen: saved.max_seqlen,
+            window: saved.window,
+            scale: saved.scale,
+        };
+        let (dq, dk, dv) = B::varlen_attention_backward(
+            saved.q,
+            saved.k,
+            saved.v,
+            saved.out,
+            saved.lse,
+            d_out,
+            saved.cu_seqlens,
+            &meta,
+        );
+        for (parent, grad) in ops.parents.into_iter().zip([dq, dk, dv]) {
+            if let Some(node) = parent {
+                grads.register::<B>(node.id, grad);
+            }
+        }
+    }
+}
+
+impl<B: Backend, C: CheckpointStrategy> Backend for Autodiff<B, C> {
+    fn matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct Matmul;
+
+        impl<B: Backend> Backward<B, 2> for Matmul {
+            /// The forward inputs each gradient needs, and their shapes for broadcast dims.
+            type State = (Option<NodeId>, Option<NodeId>, Shape, Shape);
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 2>,
+                grads: &mut Gradients,
+                checkpointer: &mut Checkpointer,
+            ) {
+                let (lhs, rhs, lhs_shape, rhs_shape) = ops.state;
+                let mut input = |id: Option<NodeId>| {
+                    id.map(|id| checkpointer.retrieve_node_output::<FloatTensor<B>>(id))
+                };
+                let (lhs, rhs) = (input(lhs), input(rhs));
+                binary::<B, _, _>(
+                    ops.parents,
+                    ops.node,
+                    grads,
+                    |grad| {
+                        let rhs_t = B::float_transpose(rhs.expect("rhs saved for d(lhs)"));
+                        broadcast_shape::<B>(B::matmul(grad, rhs_t), &lhs_shape)
+                    },
+                    |grad| {
+                        let lhs_t = B::float_transpose(lhs.expect("lhs saved for d(rhs)"));
+                        broadcast_shape::<B>(B::matmul(lhs_t, grad), &rhs_shape)
+                    },
+                );
+            }
+        }
+
+        let (lhs_shape, rhs_shape) = (lhs.primitive.shape(), rhs.primitive.shape());
+        let (lhs_tracked, rhs_tracked) = (lhs.is_tracked(), rhs.is_tracked());
+        match Matmul
+            .prepare::<C>([lhs.node.clone(), rhs.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(mut prep) => {
+                // d(lhs) needs rhs and d(rhs) needs lhs: save only what a tracked input needs.
+                let lhs_state = rhs_tracked.then(|| prep.checkpoint(&lhs));
+                let rhs_state = lhs_tracked.then(|| prep.checkpoint(&rhs));
+                prep.finish(
+                    (lhs_state, rhs_state, lhs_shape, rhs_shape),
+                    B::matmul(lhs.primitive, rhs.primitive),
+                )
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::matmul(lhs.primitive, rhs.primitive)),
+        }
+    }
+
+    fn varlen_attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        cu_seqlens: IntTensor<Self>,
+        meta: &VarlenMeta,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let (out, lse) = B::varlen_attention(
+            q.primitive.clone(),
+            k.primitive.clone(),
+            v.primitive.clone(),
+            cu_seqlens.clone(),
+            meta,
+        );
+        let untracked_lse = <Self as AutodiffBackend>::from_inner(lse.clone());
+        let prep = VarlenAttention
+            .prepare::<C>([q.node.clone(), k.node.clone(), v.node.clone()])
+            .compute_bound()
+            .stateful();
+        let out = match prep {
+            OpsKind::Tracked(prep) => {
+                let saved = SavedAttention {
+                    q: q.primitive,
+                    k: k.primitive,
+                    v: v.primitive,
+                    out: out.clone(),
+                    lse,
+                    cu_seqlens,
+                    offsets: meta.offsets.to_vec(),
+                    max_seqlen: meta.max_seqlen,
+                    window: meta.window,
+                    scale: meta.scale,
+                };
+                prep.finish(saved, out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        };
+        (out, untracked_lse)
+    }
+}
+
+#[cfg(all(test, feature = "ndarray"))]
+mod tests {
+    use burn::backend::{Autodiff, NdArray};
+    use burn::tensor::{Distribution, Tensor};
+
+    use crate::matmul;
+
+    type B = Autodiff<NdArray>;
+
+    /// Gradients through our matmul equal those through Burn's, for a plain product, a
+    /// transposed operand and a broadcast batch.
+    #[test]
+    fn matmul_gradients_match_burns() {
+        let device = Default::default();
+        let x = Tensor::<NdArray, 3>::random([2, 5, 7], Distribution::Default, &device);
+        let w = Tensor::<NdArray, 3>::random([1, 3, 7], Distribution::Default, &device);
+        let dy = Tensor::<NdArray, 3>::random([2, 5, 3], Distribution::Default, &device);
+        let run = |ours: bool| {
+            let x = Tensor::<B, 3>::from_inner(x.clone()).require_grad();
+            let w = Tensor::<B, 3>::from_inner(w.clone()).require_grad();
+            let w_t = w.clone().swap_dims(1, 2);
+            let y = if ours {
+                matmul(x.clone(), w_t)
+            } else {
+                x.clone().matmul(w_t)
+            };
+            let grads = (y * Tensor::from_inner(dy.clone())).sum().backward();
+            (x.grad(&grads).unwrap(), w.grad(&grads).unwrap())
+        };
+        let ((dx, dw), (dx_ref, dw_ref)) = (run(true), run(false));
+        assert_eq!(dw.dims(), [1, 3, 7]);
+        dx.into_data()
+            .assert_approx_eq::<f32>(&dx_ref.into_data(), Default::default());
+        dw.into_data()
+            .assert_approx_eq::<f32>(&dw_ref.into_data(), Default::default());
+    }
+}
