@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """PyTorch baselines for `attention-bench`: the same shapes (12 heads, head_dim 64, bf16),
 global S=512 (B=64) and S=8192 (B=4), and sliding window ±64 at both. Throughput counts
-only unmasked query-key pairs (4 * head_dim FLOPs per pair).
+only unmasked query-key pairs: 4 * head_dim FLOPs per pair forward, 14 * head_dim forward +
+backward (`--backward`, which also reports the peak memory torch allocated in that pass).
 
-    python3 scripts/bench_attention_torch.py [--iters 20]
+    python3 scripts/bench_attention_torch.py [--iters 20] [--backward]
 """
 
 import argparse
@@ -41,15 +42,21 @@ def timed(fn, iters):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--backward", action="store_true", help="time forward + backward")
     args = parser.parse_args()
     flex = torch.compile(flex_attention)
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}")
-    print("| shape | attention | implementation | ms | useful TFLOP/s |")
-    print("|---|---|---|---|---|")
+    print("forward+backward" if args.backward else "forward")
+    print("| shape | attention | implementation | ms | useful TFLOP/s | peak GiB |")
+    print("|---|---|---|---|---|---|")
     for batch, seq in [(64, 512), (4, 8192)]:
-        q, k, v = (torch.randn(batch, HEADS, seq, HEAD_DIM, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+        q, k, v, d_out = (
+            torch.randn(batch, HEADS, seq, HEAD_DIM, device="cuda", dtype=torch.bfloat16, requires_grad=args.backward)
+            for _ in range(4)
+        )
         for window in [None, WINDOW]:
-            flops = 4 * HEADS * HEAD_DIM * batch * useful_pairs(seq, window)
+            per_pair = 14 if args.backward else 4
+            flops = per_pair * HEADS * HEAD_DIM * batch * useful_pairs(seq, window)
             runs = {}
             if window is None:
                 for name, backend in [("sdpa flash", SDPBackend.FLASH_ATTENTION), ("sdpa cudnn", SDPBackend.CUDNN_ATTENTION)]:
@@ -61,11 +68,17 @@ def main():
                 return (q_idx - kv_idx).abs() <= (WINDOW if window is not None else seq)
             mask = create_block_mask(sliding, None, None, seq, seq, device="cuda")
             runs["flex attention"] = lambda: flex(q, k, v, block_mask=mask)
-            for name, run in runs.items():
+            for name, forward in runs.items():
+                def run(forward=forward):
+                    out = forward()
+                    if args.backward:
+                        out.backward(d_out)
                 try:
+                    torch.cuda.reset_peak_memory_stats()
                     seconds = timed(run, args.iters)
+                    peak = torch.cuda.max_memory_allocated() / 2**30
                     kind = "global" if window is None else f"window ±{window}"
-                    print(f"| B={batch} S={seq} | {kind} | {name} | {seconds * 1e3:.3f} | {flops / seconds / 1e12:.1f} |")
+                    print(f"| B={batch} S={seq} | {kind} | {name} | {seconds * 1e3:.3f} | {flops / seconds / 1e12:.1f} | {peak:.2f} |")
                 except Exception as e:  # a backend missing on this build of torch
                     print(f"| B={batch} S={seq} | {window} | {name} | unavailable: {type(e).__name__}: {e} | |")
 

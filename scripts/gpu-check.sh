@@ -2,13 +2,15 @@
 # Runs every GPU-side check in one device call and writes logs under $OUT.
 #
 # Prepare here (the device has no Rust):  scripts/build-gpu-bin.sh
-# Then on the device (repository root):   bash scripts/gpu-check.sh
+# Then on the device (repository root):   bash scripts/gpu-check.sh [kernels|e2e|all]
+# (carry gpu-bin and .gl; each part fits one 10-minute device call).
 #
 # Checks: HF-fixture parity on Cuda (f32, <= 1e-4, unpadded and padded); save -> transformers
 # load round trip (python3 there has torch + transformers); full-size random-init
 # ModernBERT-base at 1024 tokens vs transformers on the same GPU; our attention kernel vs
-# the reference (f32, f16, bf16). Benchmarks: our attention kernel, then PyTorch's on the
-# same shapes.
+# the reference (f32, f16, bf16), forward and backward; our cuBLASLt matmul vs f64.
+# Benchmarks: GEMMs vs torch.matmul; attention forward and forward+backward vs SDPA and
+# FlexAttention (`kernels`); `modernbert bench` vs HF transformers (`e2e`).
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu-check}
 mkdir -p "$OUT"
@@ -32,6 +34,17 @@ echo "libcublasLt: ${lt:-NOT FOUND}" | tee -a "$OUT/summary.txt"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee -a "$OUT/summary.txt"
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" | tee -a "$OUT/summary.txt"
 
+PART=${1:-all} # kernels (parity, kernel tests, GEMM and attention benchmarks), e2e, train, or all
+# Training (issue 6): a Cuda bf16 smoke run with resume and HF export check, then training
+# throughput vs HF transformers. The >= 10-minute pretraining is separate (documented in
+# scripts/gpu-train.sh): TRAIN_MINUTES=9 bash scripts/gpu-train.sh pretrain, repeated.
+if [ "$PART" = train ]; then
+  step train_smoke timeout 280 bash scripts/gpu-train.sh smoke
+  step train_bench timeout 300 bash scripts/gpu-train.sh bench
+  cat "$OUT/train_bench.log" | tee -a "$OUT/summary.txt"
+  exit $status
+fi
+if [ "$PART" != e2e ]; then
 step cuda_fixture_parity "$BIN/parity" tests/fixtures/*/ --backend cuda --tolerance 1e-4
 step hf_roundtrip "$BIN/hf_roundtrip" --nocapture --test-threads 1
 step make_base_reference python3 scripts/make_reference.py /tmp/base-1024 --preset base --lengths 1024,517
@@ -39,6 +52,7 @@ step cuda_base_1024_parity "$BIN/parity" /tmp/base-1024 --backend cuda --toleran
 step cuda_gemm "$BIN/gemm" --nocapture --test-threads 1 cuda
 step cuda_attention_kernel "$BIN/attention_kernel" --nocapture --test-threads 1 cuda
 MODERNBERT_ATTENTION_PATH=plain step cuda_attention_kernel_plain "$BIN/attention_kernel" --nocapture --test-threads 1 cuda
+step cuda_attention_backward "$BIN/attention_backward" --nocapture --test-threads 1 cuda
 # Wgpu on the H200's Vulkan driver (the loader travels in .gl/, see the device README).
 if [ -d .gl ]; then
   for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig
@@ -52,6 +66,15 @@ echo "=== attention benchmark (ours, then PyTorch)" | tee -a "$OUT/summary.txt"
 "$BIN/attention-bench" --backend cuda --dtype bf16 2>&1 | tee "$OUT/bench_attention.md" | tee -a "$OUT/summary.txt"
 MODERNBERT_ATTENTION_PATH=plain "$BIN/attention-bench" --backend cuda --dtype bf16 2>&1 | tee -a "$OUT/bench_attention.md" | tee -a "$OUT/summary.txt"
 python3 scripts/bench_attention_torch.py 2>&1 | tee -a "$OUT/bench_attention.md" | tee -a "$OUT/summary.txt"
+echo "=== attention forward+backward benchmark (ours, then PyTorch)" | tee -a "$OUT/summary.txt"
+timeout 240 "$BIN/attention-bench" --backend cuda --dtype bf16 --backward --iters 5 2>&1 | tee "$OUT/bench_attention_backward.md" | tee -a "$OUT/summary.txt"
+python3 scripts/bench_attention_torch.py --backward --iters 10 2>&1 | tee -a "$OUT/bench_attention_backward.md" | tee -a "$OUT/summary.txt"
+fi
+if [ "$PART" != kernels ]; then
+if [ -d .gl ] && [ -z "${VK_DRIVER_FILES:-}" ]; then
+  for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig
+  icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json; [ -f $icd ] && export VK_DRIVER_FILES=$icd
+fi
 # End-to-end encoder throughput (issue 7): `modernbert bench` (Cuda bf16, random-init base and
 # large) and HF transformers (sdpa, bf16) on the same documents, then the ratio; then Wgpu on
 # the H200's Vulkan (f16, base). Tables: $OUT/bench_infer.md.
@@ -64,5 +87,6 @@ timeout 240 python3 scripts/bench_infer_torch.py --lengths "$OUT/bench_lengths.j
 if [ -n "${VK_DRIVER_FILES:-}" ]; then
   step bench_infer_wgpu timeout 180 "$BIN/modernbert" bench --backend wgpu --dtype f16 --models base --docs 512 --long-docs 16 --max-batch-tokens 32768
   cat "$OUT/bench_infer_wgpu.log" | tee -a "$OUT/bench_infer.md" | tee -a "$OUT/summary.txt"
+fi
 fi
 exit $status

@@ -1,31 +1,41 @@
-//! `attention-bench [--backend cuda|wgpu|ndarray] [--dtype bf16|f16|f32] [--iters N]`:
-//! times our variable-length flash-attention forward on ModernBERT's shapes (12 heads,
+//! `attention-bench [--backend cuda|wgpu|ndarray] [--dtype bf16|f16|f32] [--iters N]
+//! [--backward]`: times our variable-length flash attention on ModernBERT's shapes (12 heads,
 //! head_dim 64) and prints a table. Throughput counts only the query-key pairs that the
-//! mask lets through (useful FLOPs: 4 · head_dim per pair, for QKᵀ and PV).
-//! The `kernel` column says which of our kernels ran (`MODERNBERT_ATTENTION_PATH=plain`
-//! forces the plain one). `scripts/bench_attention_torch.py` prints PyTorch's figures for
-//! the same shapes.
+//! mask lets through: 4 · head_dim FLOPs per pair forward (QKᵀ, PV), 14 · head_dim forward
+//! plus backward (the backward recomputes QKᵀ and computes dP, dV, dQ, dK: 2.5× the
+//! forward, the convention FlashAttention and PyTorch benchmarks use).
+//! The `kernel` column says which of our forward kernels ran (`MODERNBERT_ATTENTION_PATH=plain`
+//! forces the plain one). With `--backward` the table also gives the memory the device pool
+//! holds after the pass, and a last row runs the decomposed reference (dense scores) at
+//! B=1 S=8192 for comparison. `scripts/bench_attention_torch.py [--backward]` prints
+//! PyTorch's figures for the same shapes.
 
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
-use burn::tensor::{DType, Distribution, Tensor};
+use anyhow::{Context, Result};
+use burn::backend::Autodiff;
+use burn::tensor::{Distribution, Tensor};
 use clap::Parser;
-use modernbert_infer::{with_backend, BackendKind};
+use modernbert_infer::{with_backend, BackendKind, DeviceMemory, Dtype};
+use modernbert_kernels::attention::reference::varlen_attention_reference;
 use modernbert_kernels::{
     last_kernel_path, varlen_attention, Backend, CuSeqlens, KernelPath, VarlenAttentionOptions,
+    VarlenMeta,
 };
 
 #[derive(Parser, Debug)]
 struct Args {
     #[arg(long, value_enum, default_value_t = BackendKind::Cuda)]
     backend: BackendKind,
-    /// bf16, f16 or f32.
-    #[arg(long, default_value = "bf16")]
-    dtype: String,
+    /// Float type of q, k, v (the backend's float type).
+    #[arg(long, value_enum, default_value_t = Dtype::Bf16)]
+    dtype: Dtype,
     /// Timed iterations per shape (after 3 warm-up runs).
     #[arg(long, default_value_t = 20)]
     iters: usize,
+    /// Time forward + backward (under Autodiff) instead of the forward alone.
+    #[arg(long)]
+    backward: bool,
 }
 
 /// Query-key pairs a window of ±`window` (or none) lets through in a sequence of `len`.
@@ -38,61 +48,133 @@ fn useful_pairs(len: usize, window: Option<usize>) -> f64 {
         .sum()
 }
 
-fn bench<B: Backend>(args: &Args, device: B::Device) -> Result<()> {
-    let dtype = match args.dtype.as_str() {
-        "bf16" => DType::BF16,
-        "f16" => DType::F16,
-        "f32" => DType::F32,
-        other => bail!("unknown dtype {other:?}; expected bf16, f16 or f32"),
+/// Mean seconds of `run` over `iters` calls after 3 warm-up calls.
+fn time<B: Backend>(device: &B::Device, iters: usize, run: impl Fn() -> Result<()>) -> Result<f64> {
+    for _ in 0..3 {
+        run()?;
+    }
+    B::sync(device)?;
+    let start = Instant::now();
+    for _ in 0..iters {
+        run()?;
+    }
+    B::sync(device)?;
+    Ok(start.elapsed().as_secs_f64() / iters as f64)
+}
+
+fn kernel_name() -> &'static str {
+    match last_kernel_path() {
+        Some(KernelPath::TensorCore) => "cmma",
+        Some(KernelPath::Plain) => "plain",
+        None => "reference",
+    }
+}
+
+fn gib(bytes: Option<u64>) -> String {
+    bytes.map_or("n/a".into(), |b| {
+        format!("{:.2}", b as f64 / (1u64 << 30) as f64)
+    })
+}
+
+/// One forward + backward of `sum(out ∘ dO)`, through our op or the decomposed reference.
+fn forward_backward<B: Backend + burn::tensor::backend::AutodiffBackend>(
+    [q, k, v, d_out]: &[Tensor<B, 3>; 4],
+    cu: &CuSeqlens<B>,
+    window: Option<usize>,
+    reference: bool,
+) -> Result<()> {
+    let [q, k, v] = [q, k, v].map(|t| t.clone().require_grad());
+    let out = if reference {
+        let meta = VarlenMeta {
+            offsets: cu.offsets(),
+            max_seqlen: cu.max_seqlen(),
+            window,
+            scale: 1.0 / (q.dims()[2] as f32).sqrt(),
+        };
+        varlen_attention_reference(q.clone(), k.clone(), v.clone(), &meta).0
+    } else {
+        let options = VarlenAttentionOptions {
+            window,
+            scale: None,
+        };
+        varlen_attention(q.clone(), k.clone(), v.clone(), cu, options)?.out
     };
+    let grads = (out * d_out.clone()).sum().backward();
+    for t in [&q, &k, &v] {
+        t.grad(&grads).context("missing gradient")?;
+    }
+    Ok(())
+}
+
+fn bench<B: Backend + DeviceMemory>(args: &Args, device: B::Device) -> Result<()> {
+    let dtype = args.dtype;
     let (heads, head_dim) = (12, 64);
-    println!("| shape | attention | dtype | kernel | ms | useful TFLOP/s |");
-    println!("|---|---|---|---|---|---|");
-    for (batch, seq) in [(64usize, 512usize), (4, 8192)] {
-        for window in [None, Some(64)] {
+    let pass = if args.backward {
+        "forward+backward"
+    } else {
+        "forward"
+    };
+    println!("{pass}");
+    println!("| shape | attention | dtype | kernel | ms | useful TFLOP/s | pool GiB |");
+    println!("|---|---|---|---|---|---|---|");
+    let mut shapes = vec![
+        (64usize, 512usize, None),
+        (64, 512, Some(64)),
+        (4, 8192, None),
+        (4, 8192, Some(64)),
+    ];
+    if args.backward {
+        shapes.push((1, 8192, None));
+    }
+    for (i, &(batch, seq, window)) in shapes.iter().enumerate() {
+        // The extra last row of the backward table is the decomposed reference.
+        let reference = args.backward && i == 4;
+        let total = batch * seq;
+        let random =
+            || Tensor::<B, 3>::random([total, heads, head_dim], Distribution::Default, &device);
+        let [q, k, v, d_out] = [random(), random(), random(), random()];
+        let seconds = if args.backward {
+            type AD<B> = Autodiff<B>;
+            let lift = |t: &Tensor<B, 3>| Tensor::<AD<B>, 3>::from_inner(t.clone());
+            let inputs = [lift(&q), lift(&k), lift(&v), lift(&d_out)];
+            let cu = CuSeqlens::<AD<B>>::from_lengths(&vec![seq; batch], &device)
+                .context("cu_seqlens")?;
+            time::<B>(&device, args.iters, || {
+                forward_backward(&inputs, &cu, window, reference)
+            })?
+        } else {
             let cu =
                 CuSeqlens::<B>::from_lengths(&vec![seq; batch], &device).context("cu_seqlens")?;
-            let total = batch * seq;
-            let random = || {
-                Tensor::<B, 3>::random([total, heads, head_dim], Distribution::Default, &device)
-                    .cast(dtype)
-            };
-            let (q, k, v) = (random(), random(), random());
             let options = VarlenAttentionOptions {
                 window,
                 scale: None,
             };
-            let run =
-                || varlen_attention(q.clone(), k.clone(), v.clone(), &cu, options).map(|o| o.out);
-            for _ in 0..3 {
-                run()?;
-            }
-            B::sync(&device)?;
-            let start = Instant::now();
-            for _ in 0..args.iters {
-                run()?;
-            }
-            B::sync(&device)?;
-            let seconds = start.elapsed().as_secs_f64() / args.iters as f64;
-            let flops = 4.0 * (heads * head_dim) as f64 * batch as f64 * useful_pairs(seq, window);
-            let kind = window.map_or("global".to_string(), |w| format!("window ±{w}"));
-            let kernel = match last_kernel_path() {
-                Some(KernelPath::TensorCore) => "cmma",
-                Some(KernelPath::Plain) => "plain",
-                None => "reference",
-            };
-            println!(
-                "| B={batch} S={seq} | {kind} | {:?} | {kernel} | {:.3} | {:.1} |",
-                dtype,
-                seconds * 1e3,
-                flops / seconds / 1e12
-            );
-        }
+            time::<B>(&device, args.iters, || {
+                varlen_attention(q.clone(), k.clone(), v.clone(), &cu, options)?;
+                Ok(())
+            })?
+        };
+        let per_pair = if args.backward { 14.0 } else { 4.0 };
+        let flops = per_pair * (heads * head_dim) as f64 * batch as f64 * useful_pairs(seq, window);
+        let kind = window.map_or("global".to_string(), |w| format!("window ±{w}"));
+        let kernel = if reference {
+            "decomposed reference"
+        } else {
+            kernel_name()
+        };
+        println!(
+            "| B={batch} S={seq} | {kind} | {dtype} | {kernel} | {:.3} | {:.1} | {} |",
+            seconds * 1e3,
+            flops / seconds / 1e12,
+            gib(B::reserved_bytes(&device)),
+        );
     }
     Ok(())
 }
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    with_backend!(args.backend, |B, device| bench::<B>(&args, device))
+    with_backend!(args.backend, args.dtype, |B, device| bench::<B>(
+        &args, device
+    ))
 }
