@@ -85,7 +85,15 @@ impl SafetensorsReader {
     /// # Errors
     /// As [`open_dir`](Self::open_dir).
     pub fn open_file(path: &Path) -> Result<Self, LoadError> {
-        let bytes = read(path)?;
+        Self::from_bytes(path, read(path)?)
+    }
+
+    /// Reads one safetensors file held in memory (e.g. a file picked in a browser, where
+    /// there is no file system); `path` only names it in errors.
+    ///
+    /// # Errors
+    /// [`LoadError::Corrupt`] for a malformed or truncated file.
+    pub fn from_bytes(path: &Path, bytes: Vec<u8>) -> Result<Self, LoadError> {
         let names = SafeTensors::deserialize(&bytes)
             .map_err(|e| corrupt(path, e))?
             .names()

@@ -174,7 +174,17 @@ impl ModernBertConfig {
             path: path.to_path_buf(),
             error,
         })?;
-        let hf: HfConfig = serde_json::from_str(&text).map_err(|e| LoadError::Json {
+        Self::from_json(path, &text)
+    }
+
+    /// Parses and validates the text of a HF `config.json` (either dialect) held in memory,
+    /// e.g. a file picked in a browser; `path` only names it in errors.
+    ///
+    /// # Errors
+    /// As [`from_file`](Self::from_file), less the I/O error.
+    pub fn from_json(path: impl AsRef<Path>, text: &str) -> Result<Self, LoadError> {
+        let path = path.as_ref();
+        let hf: HfConfig = serde_json::from_str(text).map_err(|e| LoadError::Json {
             path: path.to_path_buf(),
             what: "ModernBERT config.json",
             reason: e.to_string(),

@@ -55,7 +55,21 @@ impl ModernBertTokenizer {
             path: path.to_path_buf(),
             error,
         })?;
-        let mut inner = Tokenizer::from_bytes(&bytes).map_err(|e| LoadError::Tokenizer {
+        Self::from_bytes(path, &bytes, config)
+    }
+
+    /// As [`from_file`](Self::from_file), for a `tokenizer.json` held in memory (e.g. a file
+    /// picked in a browser); `path` only names it in errors.
+    ///
+    /// # Errors
+    /// [`LoadError::Tokenizer`] if it cannot be parsed or disagrees with the config.
+    pub fn from_bytes(
+        path: impl AsRef<Path>,
+        bytes: &[u8],
+        config: &ModernBertConfig,
+    ) -> Result<Self, LoadError> {
+        let path = path.as_ref();
+        let mut inner = Tokenizer::from_bytes(bytes).map_err(|e| LoadError::Tokenizer {
             path: path.to_path_buf(),
             reason: e.to_string(),
         })?;
