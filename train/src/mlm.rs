@@ -92,8 +92,8 @@ pub fn mlm_forward<B: Backend>(
     let logits = model.logits(hidden.select(0, positions)); // [num_masked, vocab]
                                                             // Softmax over ~50k classes in f32 even when the model runs in bf16.
     let logits = match logits.dtype() {
-        DType::F32 => logits,
-        _ => logits.cast(FloatDType::F32),
+        DType::F16 | DType::BF16 => logits.cast(FloatDType::F32),
+        _ => logits,
     };
     let correct = logits
         .clone()
@@ -112,4 +112,118 @@ pub fn mlm_forward<B: Backend>(
         correct,
         num_masked,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::{Autodiff, NdArray};
+    use burn::module::AutodiffModule;
+    use burn::tensor::backend::Backend as _;
+    use modernbert::{LayerType, ModernBertInput};
+
+    fn config(dropout: f64) -> ModernBertConfig {
+        ModernBertConfig::base()
+            .with_vocab_size(64)
+            .with_hidden_size(32)
+            .with_intermediate_size(48)
+            .with_num_hidden_layers(2)
+            .with_num_attention_heads(2)
+            .with_layer_types(LayerType::every_nth_global(2, 3))
+            .with_pad_token_id(0)
+            .with_cls_token_id(1)
+            .with_sep_token_id(2)
+            .with_attention_dropout(dropout)
+    }
+
+    fn batch() -> HostBatch {
+        let rows = [
+            PackedRow {
+                input_ids: vec![1, 10, 11, 12, 2, 1, 13, 14, 2],
+                seqlens: vec![5, 4],
+            },
+            PackedRow {
+                input_ids: vec![1, 20, 21, 22, 23, 24, 2],
+                seqlens: vec![7],
+            },
+        ];
+        let tokens = MaskingTokens {
+            mask: 3,
+            never: [1, 2, 0],
+            vocab_size: 64,
+        };
+        HostBatch::new(&rows, 0.5, &tokens, &mut Rng::new(9))
+    }
+
+    #[test]
+    fn sparse_prediction_equals_the_loss_over_full_logits() {
+        type B = NdArray;
+        let device = Default::default();
+        let config = config(0.0);
+        let model = config.init_masked_lm::<B>(&device);
+        let batch = batch();
+        assert_eq!(batch.sequences.len(), 3);
+        let out = mlm_forward(&model, &config, &batch, &device).unwrap();
+        let sparse = out.loss.into_scalar() as f64;
+        // Reference: the padded forward over every position, then the mean NLL at the
+        // masked ones.
+        let input = ModernBertInput::from_token_ids(&batch.sequences, &config, &device).unwrap();
+        let logits = model.forward(input).unwrap().logits; // [3, 7, 64]
+        let log_probs = log_softmax(logits, 2);
+        let mut starts = vec![0];
+        for s in &batch.sequences {
+            starts.push(starts.last().unwrap() + s.len());
+        }
+        let mut total = 0.0;
+        for (&pos, &label) in batch.positions.iter().zip(&batch.labels) {
+            let seq = starts.iter().rposition(|&s| s <= pos as usize).unwrap();
+            let col = pos as usize - starts[seq];
+            let lp: f32 = log_probs
+                .clone()
+                .slice([
+                    seq..seq + 1,
+                    col..col + 1,
+                    label as usize..label as usize + 1,
+                ])
+                .into_scalar();
+            total -= lp as f64;
+        }
+        let full = total / batch.positions.len() as f64;
+        println!("sparse {sparse} full {full}");
+        assert!(
+            (sparse - full).abs() < 1e-5,
+            "sparse {sparse} vs full {full}"
+        );
+    }
+
+    #[test]
+    fn attention_output_dropout_is_active_in_training_only() {
+        type B = Autodiff<NdArray>;
+        let device = Default::default();
+        let config = config(0.5);
+        let model = config.init_masked_lm::<B>(&device);
+        let batch = batch();
+        let loss = |seed| {
+            B::seed(&device, seed);
+            let l: f32 = mlm_forward(&model, &config, &batch, &device)
+                .unwrap()
+                .loss
+                .into_scalar();
+            l
+        };
+        loss(0); // runs Burn's lazy parameter init, which draws from the same RNG
+        let (a, b, a_again) = (loss(1), loss(2), loss(1));
+        assert_ne!(a, b, "dropout must change the training loss");
+        assert_eq!(a, a_again, "the same seed must give the same masks");
+        let valid = model.valid();
+        let eval = |seed| {
+            B::seed(&device, seed);
+            let l: f32 = mlm_forward(&valid, &config, &batch, &device)
+                .unwrap()
+                .loss
+                .into_scalar();
+            l
+        };
+        assert_eq!(eval(1), eval(2), "no dropout without autodiff");
+    }
 }

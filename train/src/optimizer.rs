@@ -154,7 +154,8 @@ mod tests {
     use burn::backend::NdArray;
     use burn::tensor::TensorData;
 
-    type B = NdArray<f64>;
+    // f32, as in training; the reference runs in f64.
+    type B = NdArray;
 
     /// The rule written out element by element in f64, independently of the tensor code.
     fn reference(
@@ -204,21 +205,23 @@ mod tests {
         let mut theta = vec![1.0, -2.0, 0.5, 3.0, 0.0, -1.0];
         let (mut m, mut v) = (vec![0.0; 6], vec![0.0; 6]);
         let optim = optimizer();
-        let mut tensor = Tensor::<B, D>::from_data(TensorData::new(theta.clone(), shape), &device);
+        let data =
+            |v: &[f64]| TensorData::new(v.iter().map(|&x| x as f32).collect::<Vec<_>>(), shape);
+        let mut tensor = Tensor::<B, D>::from_data(data(&theta), &device);
         let mut state = None;
         let mut clipped = 0;
         for (t, (g, lr)) in grads.iter().zip(lrs).enumerate() {
-            let grad = Tensor::<B, D>::from_data(TensorData::new(g.to_vec(), shape), &device);
+            let grad = Tensor::<B, D>::from_data(data(g), &device);
             (tensor, state) = optim.step(lr, tensor, grad, state);
             clipped += usize::from(reference(&mut theta, &mut m, &mut v, g, t + 1, lr, D > 1));
-            let got: Vec<f64> = tensor.to_data().to_vec().unwrap();
+            let got: Vec<f32> = tensor.to_data().to_vec().unwrap();
             let diff = got
                 .iter()
                 .zip(&theta)
-                .map(|(a, b)| (a - b).abs())
+                .map(|(&a, b)| (a as f64 - b).abs())
                 .fold(0.0, f64::max);
             println!("rank {D} step {}: max diff {diff:.2e}", t + 1);
-            assert!(diff < 1e-12, "step {}: {got:?} vs {theta:?}", t + 1);
+            assert!(diff < 2e-6, "step {}: {got:?} vs {theta:?}", t + 1);
         }
         assert_eq!(
             clipped, 1,
@@ -245,9 +248,9 @@ mod tests {
         let tensor = Tensor::<B, 1>::from_data([1.0, 1.0, 1.0], &device);
         let grad = Tensor::<B, 1>::from_data([4.0, -0.5, 0.0], &device);
         let (out, _) = optim.step(1e-3, tensor, grad, None);
-        let out: Vec<f64> = out.to_data().to_vec().unwrap();
-        assert!((out[0] - (1.0 - 1e-3)).abs() < 1e-8, "{out:?}");
-        assert!((out[1] - (1.0 + 1e-3)).abs() < 1e-8, "{out:?}");
+        let out: Vec<f32> = out.to_data().to_vec().unwrap();
+        assert!((out[0] - (1.0 - 1e-3)).abs() < 1e-6, "{out:?}");
+        assert!((out[1] - (1.0 + 1e-3)).abs() < 1e-6, "{out:?}");
         assert_eq!(out[2], 1.0);
     }
 }

@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use burn::module::{AutodiffModule, Module};
+use burn::module::{AutodiffModule, Module, ModuleVisitor, Param};
 use burn::optim::{GradientsAccumulator, GradientsParams, Optimizer};
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::ElementConversion;
+use burn::tensor::{ElementConversion, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 use modernbert::{Backend, HfModel};
 use serde_json::json;
@@ -145,6 +145,9 @@ where
         .context("the model config from [model] is invalid")?;
     B::seed(device, r.seed);
     let mut model = model_config.init_masked_lm::<B>(device);
+    // Burn initializes parameters lazily, at first use: force it now, so that the init draws
+    // from `run.seed` alone and not from the RNG state of the first step's dropout.
+    model.visit(&mut ForceInit);
     let num_params = model.num_params();
     preflight::check_space(
         &out,
@@ -399,6 +402,15 @@ where
         outcome.export_dir.display()
     );
     Ok(outcome)
+}
+
+/// Touches every parameter, which makes Burn run its lazy initialization.
+struct ForceInit;
+
+impl<B: burn::tensor::backend::Backend> ModuleVisitor<B> for ForceInit {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let _ = param.val();
+    }
 }
 
 fn log_eval(

@@ -249,7 +249,8 @@ fn an_unwritable_output_dir_fails_before_training() {
     let file = base.join("file");
     std::fs::write(&file, "x").unwrap();
     let started = std::time::Instant::now();
-    let err = run(config(&file.join("out"), &[]), None)
+    // Without the SERIAL lock: the run must fail before it draws a random number.
+    let err = train::<B>(config(&file.join("out"), &[]), None, &Default::default())
         .unwrap_err()
         .to_string();
     assert!(err.contains("cannot be created"), "{err}");
