@@ -4,8 +4,9 @@
 // results (`modernbert fill-mask --json`), to 1e-3. Takes the screenshot of the page.
 //
 //   node tests/e2e.mjs --model DIR --native FILE --text TEXT [--backends webgpu,cpu]
-//                      [--screenshot FILE] [--bench N]
+//                      [--screenshot FILE] [--bench N] [--expect-error REGEX]
 // --bench N: no comparison; runs fill-mask N times per backend and prints each time (ms).
+// --expect-error REGEX: the checkpoint must be refused with a message matching REGEX.
 import { createServer } from "node:http";
 import { readFile, stat } from "node:fs/promises";
 import { extname, join, resolve, normalize } from "node:path";
@@ -20,12 +21,13 @@ const { values: args } = parseArgs({
     backends: { type: "string", default: "webgpu,cpu" },
     screenshot: { type: "string" },
     bench: { type: "string" },
+    "expect-error": { type: "string" },
     chromium: { type: "string", default: "/usr/bin/chromium" },
     timeout: { type: "string", default: "600" },
   },
 });
-if (!args.model || !args.text || (!args.native && !args.bench)) {
-  console.error("usage: node tests/e2e.mjs --model DIR --text TEXT (--native FILE | --bench N) [...]");
+if (!args.model || !args.text || (!args.native && !args.bench && !args["expect-error"])) {
+  console.error("usage: node tests/e2e.mjs --model DIR --text TEXT (--native FILE | --bench N | --expect-error REGEX) [...]");
   process.exit(2);
 }
 const timeout = Number(args.timeout) * 1000;
@@ -99,6 +101,12 @@ try {
   for (const backend of args.backends.split(",")) {
     const { page, loaded } = await openPage(backend);
     console.log(`${backend}: ${loaded.text} | ${await page.textContent("#adapter")}`);
+    if (args["expect-error"]) {
+      check(loaded.state === "error" && new RegExp(args["expect-error"]).test(loaded.text),
+        `${backend}: checkpoint refused with a message matching /${args["expect-error"]}/`);
+      await page.close();
+      continue;
+    }
     if (loaded.state !== "ready") {
       check(false, `${backend}: checkpoint loads`);
       continue;
