@@ -3,7 +3,9 @@
 #
 # Prepare here (the device has no Rust):  scripts/build-gpu-bin.sh
 # Then on the device (repository root):   bash scripts/gpu-check.sh [kernels|e2e|all]
-# (carry gpu-bin and .gl; each part fits one 10-minute device call).
+# (carry .gl and gpu-bin/kernels.tar.xz for `kernels`, gpu-bin/e2e.tar.xz for `e2e` and
+# `train`: one archive per call keeps the carried tree under 64 MiB; each part fits one
+# 10-minute device call).
 #
 # Checks: HF-fixture parity on Cuda (f32, <= 1e-4, unpadded and padded); save -> transformers
 # load round trip (python3 there has torch + transformers); full-size random-init
@@ -14,10 +16,14 @@
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu-check}
 mkdir -p "$OUT"
-tar -C /tmp -xJf gpu-bin/bins.tar.xz
+for a in gpu-bin/*.tar.xz; do tar -C /tmp -xJf "$a"; done
 BIN=/tmp/bin
 export MODERNBERT_FIXTURES=$PWD/tests/fixtures MODERNBERT_PYTHON=python3 RUST_BACKTRACE=1
 status=0
+pack_logs() { # the device returns only a few files: keep the summary and tables, pack the rest
+  (cd "$OUT" && tar -czf logs.tar.gz --exclude=logs.tar.gz --exclude=summary.txt --exclude='bench_*.md' . \
+    && find . -maxdepth 1 -type f ! -name logs.tar.gz ! -name summary.txt ! -name 'bench_*.md' -delete)
+}
 step() { # name, command...
   local name=$1; shift
   echo "=== $name: $*" | tee -a "$OUT/summary.txt"
@@ -34,7 +40,7 @@ echo "libcublasLt: ${lt:-NOT FOUND}" | tee -a "$OUT/summary.txt"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee -a "$OUT/summary.txt"
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" | tee -a "$OUT/summary.txt"
 
-PART=${1:-all} # kernels (parity, kernel tests, GEMM and attention benchmarks), e2e, train, or all
+PART=${1:-all} # kernels (parity, kernel tests, attention benchmarks), e2e (tuning, GEMM and inference benchmarks), train, or all
 # Training (issue 6): a Cuda bf16 smoke run with resume and HF export check, then training
 # throughput vs HF transformers. With TRAIN_MINUTES set (<= 9), instead the >= 10-minute
 # small-model pretraining on WikiText-2: TRAIN_MINUTES of it per call, resumed by each further
@@ -48,6 +54,7 @@ if [ "$PART" = train ]; then
     step train_bench timeout 300 bash scripts/gpu-train.sh bench
     cat "$OUT/train_bench.log" | tee -a "$OUT/summary.txt"
   fi
+  pack_logs
   exit $status
 fi
 if [ "$PART" != e2e ]; then
@@ -65,9 +72,6 @@ if [ -d .gl ]; then
   icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json; [ -f $icd ] && export VK_DRIVER_FILES=$icd
   MODERNBERT_MAX_LEN=600 step vulkan_attention_kernel "$BIN/attention_kernel" --nocapture --test-threads 1 wgpu
 fi
-echo "=== GEMM benchmark (ours and Burn's, then torch.matmul)" | tee -a "$OUT/summary.txt"
-"$BIN/gemm-bench" --backend cuda --json "$OUT/gemm.jsonl" > "$OUT/bench_gemm_ours.md" 2>&1
-python3 scripts/bench_gemm_torch.py --ours "$OUT/gemm.jsonl" 2>&1 | tee "$OUT/bench_gemm.md" | tee -a "$OUT/summary.txt"
 echo "=== attention benchmark (ours, then PyTorch)" | tee -a "$OUT/summary.txt"
 "$BIN/attention-bench" --backend cuda --dtype bf16 2>&1 | tee "$OUT/bench_attention.md" | tee -a "$OUT/summary.txt"
 MODERNBERT_ATTENTION_PATH=plain "$BIN/attention-bench" --backend cuda --dtype bf16 2>&1 | tee -a "$OUT/bench_attention.md" | tee -a "$OUT/summary.txt"
@@ -81,18 +85,27 @@ if [ -d .gl ] && [ -z "${VK_DRIVER_FILES:-}" ]; then
   for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig
   icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json; [ -f $icd ] && export VK_DRIVER_FILES=$icd
 fi
+# Tuning (tensor-core attention with 8 planes per cube) and the GEMM benchmark again with
+# this build (our crates at opt-level 2).
+MODERNBERT_CMMA_PLANES=8 step cuda_attention_kernel_8planes "$BIN/attention_kernel" --nocapture --test-threads 1 cuda
+echo "=== attention forward, 8 planes per cube" | tee -a "$OUT/summary.txt"
+MODERNBERT_CMMA_PLANES=8 "$BIN/attention-bench" --backend cuda --dtype bf16 2>&1 | tee "$OUT/bench_attention_8planes.md" | tee -a "$OUT/summary.txt"
+echo "=== GEMM benchmark (ours and Burn's, then torch.matmul)" | tee -a "$OUT/summary.txt"
+"$BIN/gemm-bench" --backend cuda --seconds 0.2 --json "$OUT/gemm.jsonl" > "$OUT/bench_gemm_ours.md" 2>&1
+python3 scripts/bench_gemm_torch.py --ours "$OUT/gemm.jsonl" 2>&1 | tee "$OUT/bench_gemm.md" | tee -a "$OUT/summary.txt"
 # End-to-end encoder throughput (issue 7): `modernbert bench` (Cuda bf16, random-init base and
 # large) and HF transformers (sdpa, bf16) on the same documents, then the ratio; then Wgpu on
 # the H200's Vulkan (f16, base). Tables: $OUT/bench_infer.md.
 echo "=== inference benchmark (modernbert bench, then HF transformers)" | tee -a "$OUT/summary.txt"
-BENCH_DOCS="--docs 2048 --long-docs 128 --max-batch-tokens 32768"
+BENCH_DOCS="--docs 1024 --long-docs 64 --max-batch-tokens 32768"
 "$BIN/modernbert" bench $BENCH_DOCS --dump-lengths "$OUT/bench_lengths.json"
-step bench_infer_cuda timeout 300 "$BIN/modernbert" bench --backend cuda --dtype bf16 $BENCH_DOCS --json "$OUT/bench_infer_cuda.json"
+step bench_infer_cuda timeout 240 "$BIN/modernbert" bench --backend cuda --dtype bf16 $BENCH_DOCS --json "$OUT/bench_infer_cuda.json"
 cat "$OUT/bench_infer_cuda.log" | tee "$OUT/bench_infer.md" | tee -a "$OUT/summary.txt"
-timeout 240 python3 scripts/bench_infer_torch.py --lengths "$OUT/bench_lengths.json" --ours "$OUT/bench_infer_cuda.json" 2>&1 | tee -a "$OUT/bench_infer.md" | tee -a "$OUT/summary.txt"
+timeout 180 python3 scripts/bench_infer_torch.py --lengths "$OUT/bench_lengths.json" --ours "$OUT/bench_infer_cuda.json" 2>&1 | tee -a "$OUT/bench_infer.md" | tee -a "$OUT/summary.txt"
 if [ -n "${VK_DRIVER_FILES:-}" ]; then
-  step bench_infer_wgpu timeout 180 "$BIN/modernbert" bench --backend wgpu --dtype f16 --models base --docs 512 --long-docs 16 --max-batch-tokens 32768
+  step bench_infer_wgpu timeout 120 "$BIN/modernbert" bench --backend wgpu --dtype f16 --models base --docs 256 --long-docs 8 --max-batch-tokens 32768
   cat "$OUT/bench_infer_wgpu.log" | tee -a "$OUT/bench_infer.md" | tee -a "$OUT/summary.txt"
 fi
 fi
+pack_logs
 exit $status

@@ -27,6 +27,23 @@ const TILE_BYTES: usize = 16 * 1024;
 
 /// Planes (warps) per cube of the tensor-core kernel, 16 query rows each.
 const CMMA_PLANES: usize = 4;
+/// Overrides [`CMMA_PLANES`] (4 or 8) for tuning runs of the benchmark.
+const PLANES_ENV: &str = "MODERNBERT_CMMA_PLANES";
+
+/// Planes per cube of the tensor-core kernel: [`CMMA_PLANES`] unless [`PLANES_ENV`] says 4
+/// or 8 (anything else is reported once and ignored).
+fn cmma_planes() -> usize {
+    static PLANES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *PLANES.get_or_init(|| match std::env::var(PLANES_ENV).as_deref() {
+        Ok("4") => 4,
+        Ok("8") => 8,
+        Err(_) => CMMA_PLANES,
+        Ok(other) => {
+            eprintln!("{PLANES_ENV}={other:?} is neither 4 nor 8; using {CMMA_PLANES}");
+            CMMA_PLANES
+        }
+    })
+}
 /// Keys per tile of the tensor-core kernel.
 const CMMA_BLOCK_N: usize = 64;
 /// Widest vector the tensor-core kernel moves to and from global memory (16 bytes of f16).
@@ -73,7 +90,7 @@ struct CmmaPlan {
 /// Shared memory of the tensor-core kernel in bytes (see `kernel_cmma.rs`): Q, K and V tiles
 /// and the per-plane P tiles in the 2-byte input dtype, the per-plane f32 scratch.
 fn cmma_shared_bytes(head_dim: usize) -> usize {
-    let block_m = TILE * CMMA_PLANES;
+    let block_m = TILE * cmma_planes();
     let tiles = (block_m + 2 * CMMA_BLOCK_N) * (head_dim + PAD) * 2;
     let p = block_m * (CMMA_BLOCK_N + PAD) * 2;
     let scratch = block_m * (CMMA_BLOCK_N.max(head_dim) + PAD_F32) * 4;
@@ -114,7 +131,7 @@ fn cmma_plan<R: CubeRuntime>(
         && plane_dim >= TILE
         && plane_dim % TILE == 0
         && (head_dim / vector) % (plane_dim / TILE) == 0
-        && CMMA_PLANES * plane_dim <= hardware.max_units_per_cube as usize
+        && cmma_planes() * plane_dim <= hardware.max_units_per_cube as usize
         && cmma_shared_bytes(head_dim) <= hardware.max_shared_memory_size;
     usable.then_some(CmmaPlan { plane_dim, vector })
 }
@@ -172,8 +189,8 @@ pub fn varlen_attention_forward<R: CubeRuntime>(
     if let Some(plan) = plan {
         flash_attention_varlen_cmma_kernel::launch::<R>(
             &client,
-            grid(TILE * CMMA_PLANES),
-            CubeDim::new_2d(plan.plane_dim as u32, CMMA_PLANES as u32),
+            grid(TILE * cmma_planes()),
+            CubeDim::new_2d(plan.plane_dim as u32, cmma_planes() as u32),
             plan.vector,
             q.into_tensor_arg(),
             k.into_tensor_arg(),
@@ -185,7 +202,7 @@ pub fn varlen_attention_forward<R: CubeRuntime>(
             meta.window.unwrap_or(0) as u32,
             head_dim,
             CMMA_BLOCK_N,
-            CMMA_PLANES,
+            cmma_planes(),
             plan.plane_dim,
             meta.window.is_some(),
             [f_dtype.into(), i_dtype.into()],
