@@ -54,9 +54,15 @@ pub async fn webgpu_adapter() -> Adapter {
 pub fn check_buffer_limit(config: &ModernBertConfig, limit: u64) -> Result<(), DemoError> {
     let h = config.hidden_size as u64;
     let tensors = [
-        ("model.embeddings.tok_embeddings.weight", config.vocab_size as u64 * h),
+        (
+            "model.embeddings.tok_embeddings.weight",
+            config.vocab_size as u64 * h,
+        ),
         ("model.layers.0.attn.Wqkv.weight", 3 * h * h),
-        ("model.layers.0.mlp.Wi.weight", 2 * config.intermediate_size as u64 * h),
+        (
+            "model.layers.0.mlp.Wi.weight",
+            2 * config.intermediate_size as u64 * h,
+        ),
     ];
     for (tensor, elements) in tensors {
         let bytes = elements * 4;
@@ -72,6 +78,8 @@ pub fn check_buffer_limit(config: &ModernBertConfig, limit: u64) -> Result<(), D
 }
 
 /// A loaded checkpoint on the backend the page chose.
+// One per page, behind an Rc: the variants' size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Engine {
     /// Burn's Wgpu backend (CubeCL kernels compiled to WGSL) on the browser's WebGPU.
@@ -100,7 +108,11 @@ impl Engine {
                 let session = Session::load(files, &config, &WgpuDevice::default())?;
                 Ok(Self::WebGpu { session, adapter })
             }
-            "cpu" => Ok(Self::Cpu(Session::load(files, &config, &Default::default())?)),
+            "cpu" => Ok(Self::Cpu(Session::load(
+                files,
+                &config,
+                &Default::default(),
+            )?)),
             other => Err(DemoError::UnknownBackend(other.to_string())),
         }
     }

@@ -69,7 +69,8 @@ impl<B: Backend> Session<B> {
         let tokenizer =
             ModernBertTokenizer::from_bytes("tokenizer.json", &files.tokenizer, config)?;
         let mask_token_id = tokenizer.mask_token_id().ok_or(DemoError::NoMaskToken)?;
-        let mut reader = SafetensorsReader::from_bytes(Path::new("model.safetensors"), files.weights)?;
+        let mut reader =
+            SafetensorsReader::from_bytes(Path::new("model.safetensors"), files.weights)?;
         let model = ModernBertForMaskedLM::init_with(config, device).load(&mut reader, device)?;
         Ok(Self {
             model,
