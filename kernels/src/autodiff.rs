@@ -14,8 +14,8 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{binary, broadcast_shape, Backward, Ops, OpsKind};
 use burn::backend::autodiff::NodeId;
 use burn::backend::Autodiff;
-use burn::tensor::ops::{FloatTensor, IntTensor};
 use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::ops::{FloatTensor, IntTensor};
 use burn::tensor::{Shape, TensorMetadata};
 
 use crate::{Backend, VarlenMeta};

@@ -42,6 +42,11 @@ const WORKSPACE_BYTES: usize = 32 << 20;
 /// Plans are cached per shape; serving with many distinct token counts would grow the
 /// cache without end, so it is cleared past this size.
 const MAX_CACHED_PLANS: usize = 4096;
+/// Algorithms the heuristic proposes for a new problem size; each is timed once and the
+/// fastest kept (cuBLASLt's first choice is not always its fastest on Hopper).
+const CANDIDATES: usize = 8;
+/// Timed runs per candidate (after one warm-up run).
+const TIMED_RUNS: usize = 3;
 
 /// `lhs · rhs` through cuBLASLt, or `None` when this path does not apply (not Cuda, an
 /// unsupported dtype or layout, or cuBLASLt unavailable): the caller then uses Burn's.
@@ -169,9 +174,43 @@ struct DeviceState {
     before: cu_sys::CUevent,
     /// Recorded on our stream after a GEMM, waited on by the whole context.
     after: cu_sys::CUevent,
+    /// Timing events for choosing among the candidate algorithms.
+    timing: [cu_sys::CUevent; 2],
     handle: lt_sys::cublasLtHandle_t,
     workspace: cu_sys::CUdeviceptr,
     plans: HashMap<(Problem, u32), Plan>,
+    /// The fastest algorithm measured per [`SizeClass`], reused for problems of the same
+    /// class (inference sees a new token count in nearly every batch).
+    fastest: HashMap<SizeClass, lt_sys::cublasLtMatmulAlgo_t>,
+}
+
+/// Problems that share a measured algorithm: the same dtype, operand transposes, batch
+/// count and weight-sized dims, with the token-sized dim rounded up to a power of two. In
+/// a linear layer the tokens are `m` (forward `X·W`, `dY·Wᵀ`) unless the left operand is
+/// read transposed (`Xᵀ·dY`), where they are `k`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct SizeClass {
+    data_type: u32,
+    transposed: [bool; 2],
+    mnk: [usize; 3],
+    batch: usize,
+}
+
+impl SizeClass {
+    fn of(problem: &Problem, data_type: lt_sys::cudaDataType) -> Self {
+        let Problem { m, n, k, .. } = *problem;
+        let mnk = if problem.b.transposed {
+            [m, n, k.next_power_of_two()]
+        } else {
+            [m.next_power_of_two(), n, k]
+        };
+        Self {
+            data_type: data_type as u32,
+            transposed: [problem.a.transposed, problem.b.transposed],
+            mnk,
+            batch: problem.batch,
+        }
+    }
 }
 
 // SAFETY: the raw CUDA objects are only used under the `devices()` mutex, with the device's
@@ -207,6 +246,11 @@ impl DeviceState {
                     .map_err(|e| format!("cuEventCreate: {e:?}"))
             };
             let (before, after) = (event()?, event()?);
+            let timing_event = || {
+                cu::event::create(cu_sys::CUevent_flags::CU_EVENT_DEFAULT)
+                    .map_err(|e| format!("cuEventCreate: {e:?}"))
+            };
+            let timing = [timing_event()?, timing_event()?];
             let handle = lt::create_handle().map_err(|e| format!("cublasLtCreate: {e}"))?;
             let workspace = cu::malloc_sync(WORKSPACE_BYTES)
                 .map_err(|e| format!("workspace of {WORKSPACE_BYTES} bytes: {e:?}"))?;
@@ -215,9 +259,11 @@ impl DeviceState {
                 stream,
                 before,
                 after,
+                timing,
                 handle,
                 workspace,
                 plans: HashMap::new(),
+                fastest: HashMap::new(),
             })
         }
     }
@@ -238,11 +284,6 @@ impl DeviceState {
             if self.plans.len() >= MAX_CACHED_PLANS {
                 self.plans.clear();
             }
-            let key = (problem.clone(), data_type as u32);
-            let plan = match self.plans.entry(key) {
-                Entry::Occupied(entry) => entry.into_mut(),
-                Entry::Vacant(entry) => entry.insert(Plan::new(self.handle, problem, data_type)?),
-            };
             driver(
                 cu_sys::cuCtxRecordEvent(self.context, self.before).result(),
                 "cuCtxRecordEvent",
@@ -255,26 +296,13 @@ impl DeviceState {
                 ),
                 "cuStreamWaitEvent",
             )?;
-            let (alpha, beta) = (1.0f32, 0.0f32);
-            lt::matmul(
-                self.handle,
-                plan.desc,
-                &alpha as *const f32 as *const c_void,
-                &beta as *const f32 as *const c_void,
-                rhs as *const c_void,
-                plan.a,
-                lhs as *const c_void,
-                plan.b,
-                out as *const c_void,
-                plan.d,
-                out as *mut c_void,
-                plan.d,
-                &plan.algo,
-                self.workspace as *mut c_void,
-                WORKSPACE_BYTES,
-                self.stream as lt_sys::cudaStream_t,
-            )
-            .map_err(|e| format!("cublasLtMatmul: {e}"))?;
+            let key = (problem.clone(), data_type as u32);
+            if !self.plans.contains_key(&key) {
+                let plan = self.new_plan(problem, data_type, [lhs, rhs, out])?;
+                self.plans.insert(key.clone(), plan);
+            }
+            let plan = &self.plans[&key];
+            self.matmul(plan, &plan.algo, [lhs, rhs, out])?;
             driver(cu::event::record(self.after, self.stream), "cuEventRecord")?;
             driver(
                 cu_sys::cuCtxWaitEvent(self.context, self.after).result(),
@@ -282,9 +310,106 @@ impl DeviceState {
             )
         }
     }
+
+    /// Enqueues one cuBLASLt matmul of `plan` with `algo` on our stream.
+    ///
+    /// # Safety
+    /// The pointers must be live device memory of the plan's layouts.
+    unsafe fn matmul(
+        &self,
+        plan: &Plan,
+        algo: &lt_sys::cublasLtMatmulAlgo_t,
+        [lhs, rhs, out]: [u64; 3],
+    ) -> Result<(), SetupError> {
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        lt::matmul(
+            self.handle,
+            plan.desc,
+            &alpha as *const f32 as *const c_void,
+            &beta as *const f32 as *const c_void,
+            rhs as *const c_void,
+            plan.a,
+            lhs as *const c_void,
+            plan.b,
+            out as *const c_void,
+            plan.d,
+            out as *mut c_void,
+            plan.d,
+            algo,
+            self.workspace as *mut c_void,
+            WORKSPACE_BYTES,
+            self.stream as lt_sys::cudaStream_t,
+        )
+        .map_err(|e| format!("cublasLtMatmul: {e}"))
+    }
+
+    /// The descriptors of a new problem and its algorithm: the one measured fastest for its
+    /// [`SizeClass`] if cuBLASLt accepts it for this exact problem, else the fastest of the
+    /// heuristic's candidates, each timed once on these operands (this blocks the host once
+    /// per size class; the output is overwritten by the real run that follows).
+    ///
+    /// # Safety
+    /// As for [`Self::matmul`]; our stream must already wait for the operands.
+    unsafe fn new_plan(
+        &mut self,
+        problem: &Problem,
+        data_type: lt_sys::cudaDataType,
+        pointers: [u64; 3],
+    ) -> Result<Plan, SetupError> {
+        let (mut plan, candidates) = Plan::new(self.handle, problem, data_type)?;
+        let class = SizeClass::of(problem, data_type);
+        if let Some(known) = self.fastest.get(&class) {
+            let mut check = std::mem::MaybeUninit::uninit();
+            let accepted = lt_sys::cublasLtMatmulAlgoCheck(
+                self.handle,
+                plan.desc,
+                plan.a,
+                plan.b,
+                plan.d,
+                plan.d,
+                known,
+                check.as_mut_ptr(),
+            );
+            if accepted == lt_sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS
+                && check.assume_init().workspaceSize <= WORKSPACE_BYTES
+            {
+                plan.algo = *known;
+                return Ok(plan);
+            }
+        }
+        if candidates.len() > 1 {
+            let mut best = (f32::INFINITY, plan.algo);
+            for algo in &candidates {
+                // One warm-up, then `TIMED_RUNS`; a candidate that fails is skipped.
+                if self.matmul(&plan, algo, pointers).is_err() {
+                    continue;
+                }
+                driver(
+                    cu::event::record(self.timing[0], self.stream),
+                    "cuEventRecord",
+                )?;
+                for _ in 0..TIMED_RUNS {
+                    self.matmul(&plan, algo, pointers)?;
+                }
+                driver(
+                    cu::event::record(self.timing[1], self.stream),
+                    "cuEventRecord",
+                )?;
+                driver(cu::event::synchronize(self.timing[1]), "cuEventSynchronize")?;
+                let ms = cu::event::elapsed(self.timing[0], self.timing[1])
+                    .map_err(|e| format!("cuEventElapsedTime: {e:?}"))?;
+                if ms < best.0 {
+                    best = (ms, *algo);
+                }
+            }
+            plan.algo = best.1;
+        }
+        self.fastest.insert(class, plan.algo);
+        Ok(plan)
+    }
 }
 
-/// The descriptors and the algorithm cuBLASLt's heuristic picked for one problem.
+/// The descriptors of one problem and the algorithm that runs it.
 struct Plan {
     desc: lt_sys::cublasLtMatmulDesc_t,
     a: lt_sys::cublasLtMatrixLayout_t,
@@ -294,13 +419,16 @@ struct Plan {
 }
 
 impl Plan {
+    /// The descriptors of `p`, with the heuristic's first algorithm chosen, and the
+    /// heuristic's candidates (up to [`CANDIDATES`], best guess first).
+    ///
     /// # Safety
     /// `handle` must be a live cuBLASLt handle.
     unsafe fn new(
         handle: lt_sys::cublasLtHandle_t,
         p: &Problem,
         data_type: lt_sys::cudaDataType,
-    ) -> Result<Self, SetupError> {
+    ) -> Result<(Self, Vec<lt_sys::cublasLtMatmulAlgo_t>), SetupError> {
         fn err(what: &'static str) -> impl Fn(lt::CublasError) -> SetupError {
             move |e| format!("{what}: {e}")
         }
@@ -365,16 +493,43 @@ impl Plan {
             std::mem::size_of::<u64>(),
         )
         .map_err(err("workspace preference"))?;
-        let heuristic = lt::get_matmul_algo_heuristic(handle, desc, a, b, d, d, pref);
-        let _ = lt::destroy_matmul_pref(pref);
-        let heuristic = heuristic.map_err(err("no cuBLASLt algorithm for this problem"))?;
-        Ok(Self {
+        let mut results =
+            [std::mem::zeroed::<lt_sys::cublasLtMatmulHeuristicResult_t>(); CANDIDATES];
+        let mut count = 0;
+        let status = lt_sys::cublasLtMatmulAlgoGetHeuristic(
+            handle,
             desc,
             a,
             b,
             d,
-            algo: heuristic.algo,
-        })
+            d,
+            pref,
+            CANDIDATES as i32,
+            results.as_mut_ptr(),
+            &mut count,
+        );
+        let _ = lt::destroy_matmul_pref(pref);
+        status
+            .result()
+            .map_err(err("cublasLtMatmulAlgoGetHeuristic"))?;
+        let candidates: Vec<_> = results[..count.max(0) as usize]
+            .iter()
+            .filter(|r| r.state == lt_sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS)
+            .map(|r| r.algo)
+            .collect();
+        let Some(&first) = candidates.first() else {
+            return Err("no cuBLASLt algorithm for this problem".into());
+        };
+        Ok((
+            Self {
+                desc,
+                a,
+                b,
+                d,
+                algo: first,
+            },
+            candidates,
+        ))
     }
 }
 

@@ -78,7 +78,11 @@ pub fn varlen_attention_backward_reference<B: Backend>(
     let dtype = q.dtype();
     let device = q.device();
     // At least f32 (f64 stays f64).
-    let compute = if dtype == DType::F64 { DType::F64 } else { DType::F32 };
+    let compute = if dtype == DType::F64 {
+        DType::F64
+    } else {
+        DType::F32
+    };
     let up = |t: Tensor<B, 3>| t.cast(compute);
     let (q, k, v, d_out) = (up(q), up(k), up(v), up(d_out));
     let lse = lse.cast(compute);
