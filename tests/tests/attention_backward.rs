@@ -13,7 +13,10 @@ use modernbert_kernels::{varlen_attention, CuSeqlens, VarlenAttentionOptions, Va
 use modernbert_tests::random::Rng;
 
 /// `max |a − b| / max |b|`, refusing non-finite values.
-fn relative_error<B: burn::tensor::backend::Backend, const D: usize>(ours: Tensor<B, D>, reference: Tensor<B, D>) -> f32 {
+fn relative_error<B: burn::tensor::backend::Backend, const D: usize>(
+    ours: Tensor<B, D>,
+    reference: Tensor<B, D>,
+) -> f32 {
     let ours: Vec<f32> = ours.into_data().convert::<f32>().to_vec().unwrap();
     let reference: Vec<f32> = reference.into_data().convert::<f32>().to_vec().unwrap();
     assert!(ours.iter().all(|v| v.is_finite()), "non-finite gradient");
@@ -142,22 +145,33 @@ fn backward_matches_finite_differences() {
     let (heads, head_dim, window) = (1, 4, Some(2));
     let cu = CuSeqlens::<B>::from_lengths(&lengths, &device).unwrap();
     let shape = [cu.total(), heads, head_dim];
-    let random = || {
-        Tensor::<B, 3>::random(shape, Distribution::Normal(0.0, 1.0), &device).cast(DType::F64)
-    };
+    let random =
+        || Tensor::<B, 3>::random(shape, Distribution::Normal(0.0, 1.0), &device).cast(DType::F64);
     let inputs = [random(), random(), random()];
     let w = random();
     let loss = |inputs: &[Tensor<B, 3>; 3]| -> f64 {
-        let options = VarlenAttentionOptions { window, scale: None };
+        let options = VarlenAttentionOptions {
+            window,
+            scale: None,
+        };
         let [q, k, v] = inputs.clone();
         let out = varlen_attention(q, k, v, &cu, options).unwrap().out;
         (out * w.clone()).sum().into_data().to_vec::<f64>().unwrap()[0]
     };
     let tracked = inputs.clone().map(|t| t.require_grad());
     let [q, k, v] = tracked.clone();
-    let out = varlen_attention(q, k, v, &cu, VarlenAttentionOptions { window, scale: None })
-        .unwrap()
-        .out;
+    let out = varlen_attention(
+        q,
+        k,
+        v,
+        &cu,
+        VarlenAttentionOptions {
+            window,
+            scale: None,
+        },
+    )
+    .unwrap()
+    .out;
     let grads = (out * w.clone()).sum().backward();
     let eps = 1e-6;
     let mut worst = 0f64;
