@@ -87,6 +87,14 @@ fn compare_gradients<B: AutodiffBackend + Backend>(
         .fold(0f32, f32::max)
 }
 
+/// Longest sequence tested: `MODERNBERT_MAX_LEN` if set, else `default`.
+fn max_len(default: usize) -> usize {
+    std::env::var("MODERNBERT_MAX_LEN")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
 fn check_gradients<B: AutodiffBackend + Backend>(
     device: &B::Device,
     dtype: DType,
@@ -115,13 +123,27 @@ fn check_gradients<B: AutodiffBackend + Backend>(
 #[cfg(feature = "ndarray")]
 #[test]
 fn ndarray_backward_matches_reference_autodiff() {
-    check_gradients::<Autodiff<burn::backend::NdArray>>(&Default::default(), DType::F32, 1e-5, 90);
+    check_gradients::<Autodiff<burn::backend::NdArray>>(
+        &Default::default(),
+        DType::F32,
+        1e-5,
+        max_len(90),
+    );
 }
 
+/// Capped at 200 tokens on lavapipe (CI), like `attention_kernel.rs`'s lavapipe cap: with
+/// `MODERNBERT_MAX_LEN=600` global attention goes wrong there (gradient errors 0.6 and 5 at
+/// head_dim 64 and 128, windowed cases still 4e-7), where the forward's known lavapipe fault
+/// (≥ 16 key tiles) feeds its lse to the backward. On Cuda the same test passes at 600.
 #[cfg(feature = "wgpu")]
 #[test]
 fn wgpu_backward_kernels_match_reference_autodiff() {
-    check_gradients::<Autodiff<burn::backend::Wgpu>>(&Default::default(), DType::F32, 1e-4, 200);
+    check_gradients::<Autodiff<burn::backend::Wgpu>>(
+        &Default::default(),
+        DType::F32,
+        1e-4,
+        max_len(200),
+    );
 }
 
 #[cfg(feature = "cuda")]
@@ -129,8 +151,8 @@ fn wgpu_backward_kernels_match_reference_autodiff() {
 fn cuda_backward_kernels_match_reference_autodiff() {
     type B = Autodiff<burn::backend::Cuda>;
     let device = Default::default();
-    check_gradients::<B>(&device, DType::F32, 1e-4, 600);
-    check_gradients::<B>(&device, DType::BF16, 2e-2, 600);
+    check_gradients::<B>(&device, DType::F32, 1e-4, max_len(600));
+    check_gradients::<B>(&device, DType::BF16, 2e-2, max_len(600));
 }
 
 /// Central differences of `sum(out ∘ w)` in f64 against our gradient, for every element of
