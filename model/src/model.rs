@@ -17,7 +17,7 @@ use crate::error::InputError;
 use crate::layer::{ModernBertEncoderLayer, ModernBertEncoderLayerConfig};
 use crate::mlp::ModernBertMlpConfig;
 use crate::rope::{RotaryEmbedding, RotaryEmbeddingConfig};
-use crate::unpad::UnpaddedInput;
+use crate::unpad::{check_token_ids, UnpaddedInput};
 
 /// How the encoder runs a padded batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -75,28 +75,7 @@ impl<B: Backend> ModernBertInput<B> {
         config: &ModernBertConfig,
         device: &B::Device,
     ) -> Result<Self, InputError> {
-        if sequences.is_empty() {
-            return Err(InputError::Empty("the batch holds no sequences".into()));
-        }
-        for (index, ids) in sequences.iter().enumerate() {
-            if ids.is_empty() {
-                return Err(InputError::Empty(format!("sequence {index} has no tokens")));
-            }
-            if ids.len() > config.max_position_embeddings {
-                return Err(InputError::TooLong {
-                    index,
-                    len: ids.len(),
-                    max: config.max_position_embeddings,
-                });
-            }
-            if let Some(&id) = ids.iter().find(|&&id| id as usize >= config.vocab_size) {
-                return Err(InputError::TokenOutOfRange {
-                    index,
-                    id,
-                    vocab_size: config.vocab_size,
-                });
-            }
-        }
+        check_token_ids(sequences, config)?;
         let seq = sequences.iter().map(Vec::len).max().unwrap_or(0);
         let mut ids = Vec::with_capacity(sequences.len() * seq);
         let mut mask = Vec::with_capacity(sequences.len() * seq);

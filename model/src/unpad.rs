@@ -136,7 +136,10 @@ impl<B: Backend> UnpaddedInput<B> {
 
 /// Checks a batch of token-id sequences: not empty, no empty sequence, none over
 /// `max_position_embeddings`, every id below `vocab_size`.
-fn check_token_ids(sequences: &[Vec<u32>], config: &ModernBertConfig) -> Result<(), InputError> {
+pub(crate) fn check_token_ids(
+    sequences: &[Vec<u32>],
+    config: &ModernBertConfig,
+) -> Result<(), InputError> {
     if sequences.is_empty() {
         return Err(InputError::Empty("the batch holds no sequences".into()));
     }
