@@ -67,6 +67,7 @@ step cuda_attention_kernel "$BIN/attention_kernel" --nocapture --test-threads 1 
 MODERNBERT_ATTENTION_PATH=plain step cuda_attention_kernel_plain "$BIN/attention_kernel" --nocapture --test-threads 1 cuda
 step cuda_attention_backward "$BIN/attention_backward" --nocapture --test-threads 1 cuda
 # Wgpu on the H200's Vulkan driver (the loader travels in .gl/, see the device README).
+MODERNBERT_ATTENTION_PATH=plain step cuda_attention_backward_plain "$BIN/attention_backward" --nocapture --test-threads 1 cuda
 if [ -d .gl ]; then
   for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig
   icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json; [ -f $icd ] && export VK_DRIVER_FILES=$icd
@@ -79,6 +80,7 @@ python3 scripts/bench_attention_torch.py 2>&1 | tee -a "$OUT/bench_attention.md"
 echo "=== attention forward+backward benchmark (ours, then PyTorch)" | tee -a "$OUT/summary.txt"
 timeout 240 "$BIN/attention-bench" --backend cuda --dtype bf16 --backward --iters 5 2>&1 | tee "$OUT/bench_attention_backward.md" | tee -a "$OUT/summary.txt"
 python3 scripts/bench_attention_torch.py --backward --iters 10 2>&1 | tee -a "$OUT/bench_attention_backward.md" | tee -a "$OUT/summary.txt"
+MODERNBERT_ATTENTION_PATH=plain timeout 240 "$BIN/attention-bench" --backend cuda --dtype bf16 --backward --iters 5 2>&1 | tee -a "$OUT/bench_attention_backward.md" | tee -a "$OUT/summary.txt"
 fi
 if [ "$PART" != kernels ]; then
 if [ -d .gl ] && [ -z "${VK_DRIVER_FILES:-}" ]; then

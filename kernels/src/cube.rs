@@ -85,3 +85,9 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> Backend
         varlen_attention_backward(q, k, v, d_out, lse, delta, cu_seqlens, meta)
     }
 }
+        // The kernels read q, k, v and dO as one dtype.
+        let d_out = if d_out.dtype == q.dtype {
+            d_out
+        } else {
+            Self::float_cast(d_out, q.dtype.into())
+        };

@@ -24,8 +24,8 @@ mod gemm_layout;
 pub use cublaslt::status as cublaslt_status;
 
 pub use attention::{
-    last_kernel_path, varlen_attention, AttentionError, CuSeqlens, KernelPath,
-    VarlenAttentionOptions, VarlenAttentionOutput, VarlenMeta,
+    last_backward_kernel_path, last_kernel_path, varlen_attention, AttentionError, CuSeqlens,
+    KernelPath, VarlenAttentionOptions, VarlenAttentionOutput, VarlenMeta,
 };
 
 /// A Burn backend with modernbert's extension operations.

@@ -2,14 +2,23 @@
 //! Wgpu/Cuda, the reference formulas on NdArray) against Burn's autodiff through the
 //! decomposed reference forward, on fresh random inputs each run (seed printed), window on
 //! and off, several head dims; a finite-difference check in f64; and a whole model's
-//! parameter gradients, unpadded (our op) against padded (dense masks).
+//! parameter gradients, unpadded (our op) against padded (dense masks). Each kernel check
+//! also asserts which backward kernels ran: the plain ones on Wgpu (WGSL has no cmma) and
+//! for f32; the tensor-core ones for f16/bf16 on Cuda unless `MODERNBERT_ATTENTION_PATH=plain`
+//! forces the plain ones. (The path is recorded process-wide: run the Cuda tests with
+//! `--test-threads 1`, as `scripts/gpu-check.sh` does.)
 
 use burn::backend::Autodiff;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{DType, Distribution, Tensor, TensorData};
 use modernbert::{Backend, Execution, LayerType, ModernBertConfig, ModernBertInput};
 use modernbert_kernels::attention::reference::varlen_attention_reference;
-use modernbert_kernels::{varlen_attention, CuSeqlens, VarlenAttentionOptions, VarlenMeta};
+#[cfg(feature = "cuda")]
+use modernbert_kernels::attention::PATH_ENV;
+use modernbert_kernels::{
+    last_backward_kernel_path, varlen_attention, CuSeqlens, KernelPath, VarlenAttentionOptions,
+    VarlenMeta,
+};
 use modernbert_tests::random::Rng;
 
 /// `max |a − b| / max |b|`, refusing non-finite values.
@@ -95,18 +104,43 @@ fn max_len(default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// `(head_dim, window)` of the CI checks.
+const CASES: &[(usize, Option<usize>)] = &[(64, None), (64, Some(16)), (32, Some(3)), (128, None)];
+
+/// Every head_dim with the window on and off (ModernBERT's ±64 included), on Cuda.
+#[cfg(feature = "cuda")]
+const CUDA_CASES: &[(usize, Option<usize>)] = &[
+    (64, None),
+    (64, Some(64)),
+    (64, Some(16)),
+    (32, None),
+    (32, Some(3)),
+    (128, None),
+    (128, Some(64)),
+];
+
+/// Gradient checks over `cases`; `expected_path`: the backward kernels that must have run
+/// (`None` where no kernel runs, NdArray).
 fn check_gradients<B: AutodiffBackend + Backend>(
     device: &B::Device,
     dtype: DType,
     tolerance: f32,
     max_len: usize,
+    cases: &[(usize, Option<usize>)],
+    expected_path: Option<KernelPath>,
 ) {
     let mut rng = Rng::from_env();
     let mut failures = Vec::new();
-    for (head_dim, window) in [(64, None), (64, Some(16)), (32, Some(3)), (128, None)] {
+    for &(head_dim, window) in cases {
         let lengths = random_lengths(&mut rng, max_len);
         let error = compare_gradients::<B>(device, &lengths, head_dim, window, dtype);
-        println!("{dtype:?} head_dim {head_dim} window {window:?} lengths {lengths:?}: gradient error {error:.2e}");
+        let path = last_backward_kernel_path();
+        println!("{dtype:?} head_dim {head_dim} window {window:?} lengths {lengths:?} backward kernel {path:?}: gradient error {error:.2e}");
+        if expected_path.is_some() && path != expected_path {
+            failures.push(format!(
+                "head_dim {head_dim} window {window:?}: backward kernel {path:?}, expected {expected_path:?}"
+            ));
+        }
         if error > tolerance {
             failures.push(format!(
                 "head_dim {head_dim} window {window:?}: {error:.2e}"
@@ -128,6 +162,8 @@ fn ndarray_backward_matches_reference_autodiff() {
         DType::F32,
         1e-5,
         max_len(90),
+        CASES,
+        None,
     );
 }
 
@@ -143,16 +179,58 @@ fn wgpu_backward_kernels_match_reference_autodiff() {
         DType::F32,
         1e-4,
         max_len(200),
+        CASES,
+        Some(KernelPath::Plain),
+    );
+}
+
+/// The backward kernels that f16/bf16 take on Cuda: tensor cores unless forced off.
+#[cfg(feature = "cuda")]
+fn cuda_half_path() -> KernelPath {
+    if std::env::var(PATH_ENV).as_deref() == Ok("plain") {
+        KernelPath::Plain
+    } else {
+        KernelPath::TensorCore
+    }
+}
+
+#[cfg(feature = "cuda")]
+#[test]
+fn cuda_backward_kernels_match_reference_autodiff_f32() {
+    check_gradients::<Autodiff<burn::backend::Cuda>>(
+        &Default::default(),
+        DType::F32,
+        1e-4,
+        max_len(600),
+        CUDA_CASES,
+        Some(KernelPath::Plain),
     );
 }
 
 #[cfg(feature = "cuda")]
 #[test]
-fn cuda_backward_kernels_match_reference_autodiff() {
-    type B = Autodiff<burn::backend::Cuda>;
-    let device = Default::default();
-    check_gradients::<B>(&device, DType::F32, 1e-4, max_len(600));
-    check_gradients::<B>(&device, DType::BF16, 2e-2, max_len(600));
+fn cuda_backward_kernels_match_reference_autodiff_bf16() {
+    check_gradients::<Autodiff<burn::backend::Cuda>>(
+        &Default::default(),
+        DType::BF16,
+        2e-2,
+        max_len(600),
+        CUDA_CASES,
+        Some(cuda_half_path()),
+    );
+}
+
+#[cfg(feature = "cuda")]
+#[test]
+fn cuda_backward_kernels_match_reference_autodiff_f16() {
+    check_gradients::<Autodiff<burn::backend::Cuda>>(
+        &Default::default(),
+        DType::F16,
+        2e-2,
+        max_len(600),
+        CUDA_CASES,
+        Some(cuda_half_path()),
+    );
 }
 
 /// Central differences of `sum(out ∘ w)` in f64 against our gradient, for every element of

@@ -4,8 +4,8 @@
 //! mask lets through: 4 · head_dim FLOPs per pair forward (QKᵀ, PV), 14 · head_dim forward
 //! plus backward (the backward recomputes QKᵀ and computes dP, dV, dQ, dK: 2.5× the
 //! forward, the convention FlashAttention and PyTorch benchmarks use).
-//! The `kernel` column says which of our forward kernels ran (`MODERNBERT_ATTENTION_PATH=plain`
-//! forces the plain one). With `--backward` the table also gives the memory the device pool
+//! The `kernel` column says which of our kernels ran (`MODERNBERT_ATTENTION_PATH=plain`
+//! forces the plain ones); with `--backward` it reads `forward / backward`. With `--backward` the table also gives the memory the device pool
 //! holds after the pass, and a last row runs the decomposed reference (dense scores) at
 //! B=1 S=8192 for comparison. `scripts/bench_attention_torch.py [--backward]` prints
 //! PyTorch's figures for the same shapes.
@@ -19,8 +19,8 @@ use clap::Parser;
 use modernbert_infer::{with_backend, BackendKind, DeviceMemory, Dtype};
 use modernbert_kernels::attention::reference::varlen_attention_reference;
 use modernbert_kernels::{
-    last_kernel_path, varlen_attention, Backend, CuSeqlens, KernelPath, VarlenAttentionOptions,
-    VarlenMeta,
+    last_backward_kernel_path, last_kernel_path, varlen_attention, Backend, CuSeqlens, KernelPath,
+    VarlenAttentionOptions, VarlenMeta,
 };
 
 #[derive(Parser, Debug)]
@@ -62,8 +62,8 @@ fn time<B: Backend>(device: &B::Device, iters: usize, run: impl Fn() -> Result<(
     Ok(start.elapsed().as_secs_f64() / iters as f64)
 }
 
-fn kernel_name() -> &'static str {
-    match last_kernel_path() {
+fn kernel_name(path: Option<KernelPath>) -> &'static str {
+    match path {
         Some(KernelPath::TensorCore) => "cmma",
         Some(KernelPath::Plain) => "plain",
         None => "reference",
@@ -158,9 +158,15 @@ fn bench<B: Backend + DeviceMemory>(args: &Args, device: B::Device) -> Result<()
         let flops = per_pair * (heads * head_dim) as f64 * batch as f64 * useful_pairs(seq, window);
         let kind = window.map_or("global".to_string(), |w| format!("window ±{w}"));
         let kernel = if reference {
-            "decomposed reference"
+            "decomposed reference".to_string()
+        } else if args.backward {
+            format!(
+                "{} / {}",
+                kernel_name(last_kernel_path()),
+                kernel_name(last_backward_kernel_path())
+            )
         } else {
-            kernel_name()
+            kernel_name(last_kernel_path()).to_string()
         };
         println!(
             "| B={batch} S={seq} | {kind} | {dtype} | {kernel} | {:.3} | {:.1} | {} |",

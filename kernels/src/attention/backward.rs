@@ -1,5 +1,8 @@
-//! Launching the backward kernels (`kernel_backward.rs`) on a CubeCL backend: the plain
-//! path for every dtype and device, deterministic (no atomics).
+//! Launching the backward kernels on a CubeCL backend, both deterministic (no atomics):
+//! the tensor-core kernels (`kernel_backward_cmma.rs`) where the forward would take its
+//! tensor-core kernel (f16/bf16, a device with cmma, enough shared memory, see
+//! `forward.rs`), the plain ones (`kernel_backward.rs`) for every other dtype and device and
+//! when `MODERNBERT_ATTENTION_PATH=plain` (see [`PATH_ENV`](super::PATH_ENV)).
 
 use burn::tensor::Shape;
 use burn_cubecl::kernel::into_contiguous;
@@ -8,9 +11,30 @@ use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeRuntime;
 use cubecl::prelude::*;
 
-use super::forward::{plain_block_n, plain_unroll, BLOCK_M};
+use super::forward::{cmma_plan, plain_block_n, plain_forced, plain_unroll, BLOCK_M};
 use super::kernel_backward::{flash_attention_varlen_dkv_kernel, flash_attention_varlen_dq_kernel};
-use super::VarlenMeta;
+use super::kernel_backward_cmma::{
+    flash_attention_varlen_dkv_cmma_kernel, flash_attention_varlen_dq_cmma_kernel, scratch_width,
+};
+use super::kernel_cmma::{PAD, PAD_F32, SMEM_ALIGN, TILE};
+use super::{record_backward_kernel_path, KernelPath, VarlenMeta};
+
+/// Planes (warps) per cube of the tensor-core backward kernels: 16 own rows each, and tiles
+/// of `16 · planes` other rows.
+const CMMA_PLANES: usize = 4;
+
+/// Shared memory of the tensor-core dK/dV kernel in bytes, the larger of the two (see
+/// `kernel_backward_cmma.rs`): two staged tiles, lse and D, the per-plane Pᵀ and dSᵀ tiles
+/// in the 2-byte input dtype, the per-plane f32 scratch.
+fn cmma_shared_bytes(head_dim: usize) -> usize {
+    let block = TILE * CMMA_PLANES;
+    let tiles = 2 * block * (head_dim + PAD) * 2;
+    let row_values = 2 * block * 4;
+    let p_ds = 2 * block * (block + PAD) * 2;
+    let scratch = block * (scratch_width(block, head_dim) + PAD_F32) * 4;
+    // Each of the seven arrays may be padded to the alignment.
+    tiles + row_values + p_ds + scratch + 7 * SMEM_ALIGN
+}
 
 /// Gradients of the forward for `d_out`, given its `lse` and `delta = rowsum(dO ∘ O)`
 /// (f32); returns `(dq, dk, dv)` in q's dtype.
@@ -44,24 +68,85 @@ pub fn varlen_attention_backward<R: CubeRuntime>(
     if total == 0 {
         return (dq, dk, dv);
     }
-    let grid = CubeCount::Static(
-        meta.max_seqlen.div_ceil(BLOCK_M) as u32,
-        heads as u32,
-        (meta.offsets.len() - 1) as u32,
-    );
-    let max_shared = client.properties().hardware.max_shared_memory_size;
-    // The dK/dV kernel also stages lse and D per tile (8 bytes per query row).
-    let block_n = plain_block_n(head_dim, max_shared, 8);
-    let unroll = plain_unroll(&client);
-    let dtypes = [q.dtype.into(), cu_seqlens.dtype.into()];
     let (scale, window, windowed) = (
         meta.scale,
         meta.window.unwrap_or(0) as u32,
         meta.window.is_some(),
     );
+    let dtypes = [q.dtype.into(), cu_seqlens.dtype.into()];
+    let grid = |block: usize| {
+        CubeCount::Static(
+            meta.max_seqlen.div_ceil(block) as u32,
+            heads as u32,
+            (meta.offsets.len() - 1) as u32,
+        )
+    };
+    let plan = if plain_forced() {
+        None
+    } else {
+        cmma_plan(
+            &client,
+            q.dtype,
+            head_dim,
+            CMMA_PLANES,
+            cmma_shared_bytes(head_dim),
+        )
+    };
+    if let Some(plan) = plan {
+        let cube_dim = CubeDim::new_2d(plan.plane_dim as u32, CMMA_PLANES as u32);
+        flash_attention_varlen_dq_cmma_kernel::launch::<R>(
+            &client,
+            grid(TILE * CMMA_PLANES),
+            cube_dim,
+            plan.vector,
+            q.clone().into_tensor_arg(),
+            k.clone().into_tensor_arg(),
+            v.clone().into_tensor_arg(),
+            d_out.clone().into_tensor_arg(),
+            lse.clone().into_tensor_arg(),
+            delta.clone().into_tensor_arg(),
+            cu_seqlens.clone().into_tensor_arg(),
+            dq.clone().into_tensor_arg(),
+            scale,
+            window,
+            head_dim,
+            CMMA_PLANES,
+            plan.plane_dim,
+            windowed,
+            dtypes,
+        );
+        flash_attention_varlen_dkv_cmma_kernel::launch::<R>(
+            &client,
+            grid(TILE * CMMA_PLANES),
+            cube_dim,
+            plan.vector,
+            q.into_tensor_arg(),
+            k.into_tensor_arg(),
+            v.into_tensor_arg(),
+            d_out.into_tensor_arg(),
+            lse.into_tensor_arg(),
+            delta.into_tensor_arg(),
+            cu_seqlens.into_tensor_arg(),
+            dk.clone().into_tensor_arg(),
+            dv.clone().into_tensor_arg(),
+            scale,
+            window,
+            head_dim,
+            CMMA_PLANES,
+            plan.plane_dim,
+            windowed,
+            dtypes,
+        );
+        record_backward_kernel_path(KernelPath::TensorCore);
+        return (dq, dk, dv);
+    }
+    let max_shared = client.properties().hardware.max_shared_memory_size;
+    // The dK/dV kernel also stages lse and D per tile (8 bytes per query row).
+    let block_n = plain_block_n(head_dim, max_shared, 8);
+    let unroll = plain_unroll(&client);
     flash_attention_varlen_dq_kernel::launch::<R>(
         &client,
-        grid.clone(),
+        grid(BLOCK_M),
         CubeDim::new_1d(BLOCK_M as u32),
         q.clone().into_tensor_arg(),
         k.clone().into_tensor_arg(),
@@ -81,7 +166,7 @@ pub fn varlen_attention_backward<R: CubeRuntime>(
     );
     flash_attention_varlen_dkv_kernel::launch::<R>(
         &client,
-        grid,
+        grid(BLOCK_M),
         CubeDim::new_1d(BLOCK_M as u32),
         q.into_tensor_arg(),
         k.into_tensor_arg(),
@@ -100,5 +185,6 @@ pub fn varlen_attention_backward<R: CubeRuntime>(
         unroll,
         dtypes,
     );
+    record_backward_kernel_path(KernelPath::Plain);
     (dq, dk, dv)
 }

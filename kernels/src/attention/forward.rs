@@ -49,9 +49,9 @@ const CMMA_BLOCK_N: usize = 64;
 /// Widest vector the tensor-core kernel moves to and from global memory (16 bytes of f16).
 const CMMA_MAX_VECTOR: usize = 8;
 
-/// Whether [`PATH_ENV`] forces the plain kernel. An unknown value is reported once on
+/// Whether [`PATH_ENV`] forces the plain kernels. An unknown value is reported once on
 /// stderr and treated as the default.
-fn plain_forced() -> bool {
+pub(crate) fn plain_forced() -> bool {
     static WARNED: std::sync::Once = std::sync::Once::new();
     match std::env::var(PATH_ENV).as_deref() {
         Ok("plain") => true,
@@ -80,11 +80,11 @@ pub(crate) fn plain_unroll<R: CubeRuntime>(client: &ComputeClient<R>) -> bool {
 
 /// Sizes of a tensor-core launch.
 #[derive(Debug, Clone, Copy)]
-struct CmmaPlan {
+pub(crate) struct CmmaPlan {
     /// Units per plane (fixed on this device).
-    plane_dim: usize,
+    pub plane_dim: usize,
     /// Elements per global-memory vector.
-    vector: usize,
+    pub vector: usize,
 }
 
 /// Shared memory of the tensor-core kernel in bytes (see `kernel_cmma.rs`): Q, K and V tiles
@@ -98,12 +98,15 @@ fn cmma_shared_bytes(head_dim: usize) -> usize {
     tiles + p + scratch + 5 * 128
 }
 
-/// The tensor-core launch for these inputs on this device, or `None` where the plain kernel
-/// must run.
-fn cmma_plan<R: CubeRuntime>(
+/// The launch of a tensor-core kernel (forward or backward) for these inputs on this device,
+/// with `planes` planes per cube and `shared_bytes` of shared memory, or `None` where the
+/// plain kernel must run.
+pub(crate) fn cmma_plan<R: CubeRuntime>(
     client: &ComputeClient<R>,
     dtype: DType,
     head_dim: usize,
+    planes: usize,
+    shared_bytes: usize,
 ) -> Option<CmmaPlan> {
     if !matches!(dtype, DType::F16 | DType::BF16) || head_dim % TILE != 0 || head_dim > 128 {
         return None;
@@ -131,8 +134,8 @@ fn cmma_plan<R: CubeRuntime>(
         && plane_dim >= TILE
         && plane_dim % TILE == 0
         && (head_dim / vector) % (plane_dim / TILE) == 0
-        && cmma_planes() * plane_dim <= hardware.max_units_per_cube as usize
-        && cmma_shared_bytes(head_dim) <= hardware.max_shared_memory_size;
+        && planes * plane_dim <= hardware.max_units_per_cube as usize
+        && shared_bytes <= hardware.max_shared_memory_size;
     usable.then_some(CmmaPlan { plane_dim, vector })
 }
 
@@ -184,7 +187,13 @@ pub fn varlen_attention_forward<R: CubeRuntime>(
     let plan = if plain_forced() {
         None
     } else {
-        cmma_plan(&client, f_dtype, head_dim)
+        cmma_plan(
+            &client,
+            f_dtype,
+            head_dim,
+            cmma_planes(),
+            cmma_shared_bytes(head_dim),
+        )
     };
     if let Some(plan) = plan {
         flash_attention_varlen_cmma_kernel::launch::<R>(

@@ -9,7 +9,8 @@
 
 use cubecl::prelude::*;
 
-use super::tiling::{key_visible, query_block, NEG_BIG};
+use super::staging::stage_rows_f32_pair;
+use super::tiling::{key_visible, unit_row, NEG_BIG};
 
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
@@ -28,28 +29,18 @@ pub fn flash_attention_varlen_kernel<F: Float, I: Numeric>(
     #[comptime] unroll: bool,
     #[define(F, I)] _dtypes: [StorageType; 2],
 ) {
-    let block_m = CUBE_DIM_X as usize;
-    let unit = UNIT_POS_X as usize;
-    let head = CUBE_POS_Y as usize;
     let heads = q.shape(1);
     let window = window as usize;
     let neg_big = f32::new(NEG_BIG);
     let zero = f32::new(0.0);
 
-    let q0 = CUBE_POS_X as usize * block_m;
-    let block = query_block(
-        cu_seqlens,
-        CUBE_POS_Z as usize,
-        q0,
-        block_m,
-        window,
-        windowed,
-    );
-    let start = block.start;
-    let k_lo = block.k_lo;
-    let k_hi = block.k_hi;
-    let qi = q0 + unit;
-    let q_valid = qi < block.len;
+    let rows = unit_row(cu_seqlens, window, windowed);
+    let start = rows.range.start;
+    let k_lo = rows.range.k_lo;
+    let k_hi = rows.range.k_hi;
+    let head = rows.head;
+    let qi = rows.position;
+    let q_valid = qi < rows.range.len;
 
     let row = (start + qi) * heads + head;
     let mut q_row = Array::<f32>::new(head_dim);
@@ -73,21 +64,21 @@ pub fn flash_attention_varlen_kernel<F: Float, I: Numeric>(
     let tiles = (k_hi - k_lo).div_ceil(block_n);
     for tile in 0..tiles {
         let kb = k_lo + tile * block_n;
-        // Stage keys kb..kb + block_n (zeros past k_hi) for the whole cube.
-        let mut e = unit;
-        while e < block_n * head_dim {
-            let key = kb + e / head_dim;
-            let mut kv = 0.0;
-            let mut vv = 0.0;
-            if key < k_hi {
-                let index = ((start + key) * heads + head) * head_dim + e % head_dim;
-                kv = f32::cast_from(k[index]);
-                vv = f32::cast_from(v[index]);
-            }
-            k_tile[e] = kv;
-            v_tile[e] = vv;
-            e += block_m;
-        }
+        stage_rows_f32_pair(
+            k,
+            v,
+            &mut k_tile,
+            &mut v_tile,
+            start,
+            kb,
+            k_hi,
+            head,
+            heads,
+            rows.unit,
+            rows.units,
+            block_n,
+            head_dim,
+        );
         sync_cube();
 
         let mut tile_max = neg_big;

@@ -9,13 +9,15 @@
 //!   `dVⱼ = Σᵢ pᵢⱼ dOᵢ` and `dKⱼ = scale · Σᵢ pᵢⱼ (dOᵢ·vⱼ − Dᵢ) qᵢ`, with Q, dO, lse and D
 //!   tiles staged in shared memory.
 //!
-//! Both launch the forward's grid, `(ceil(max_seqlen / block_m), heads, batch)`. The mask is
-//! symmetric (same sequence, `|i − j| ≤ window`), so a block of keys sees queries exactly as
-//! a block of queries sees keys: both use [`query_block`] and skip tiles outside it.
+//! Both launch the forward's grid, `(ceil(max_seqlen / block_m), heads, batch)`, and stage
+//! their tiles with `staging.rs`. The mask is symmetric (same sequence, `|i − j| ≤ window`),
+//! so a block of keys sees queries exactly as a block of queries sees keys: both take their
+//! range from [`unit_row`] and skip tiles outside it.
 
 use cubecl::prelude::*;
 
-use super::tiling::{key_visible, query_block};
+use super::staging::{stage_row_values_pair, stage_rows_f32_pair};
+use super::tiling::{key_visible, unit_row};
 
 /// `dQ` for one query row per unit.
 #[cube(launch)]
@@ -37,48 +39,35 @@ pub fn flash_attention_varlen_dq_kernel<F: Float, I: Numeric>(
     #[comptime] unroll: bool,
     #[define(F, I)] _dtypes: [StorageType; 2],
 ) {
-    let block_m = CUBE_DIM_X as usize;
-    let unit = UNIT_POS_X as usize;
-    let head = CUBE_POS_Y as usize;
     let heads = q.shape(1);
     let window = window as usize;
-
-    let q0 = CUBE_POS_X as usize * block_m;
-    let block = query_block(
-        cu_seqlens,
-        CUBE_POS_Z as usize,
-        q0,
-        block_m,
-        window,
-        windowed,
-    );
-    let start = block.start;
-    let k_lo = block.k_lo;
-    let k_hi = block.k_hi;
-    let qi = q0 + unit;
-    let q_valid = qi < block.len;
+    let rows = unit_row(cu_seqlens, window, windowed);
+    let (start, head) = (rows.range.start, rows.head);
+    let (k_lo, k_hi) = (rows.range.k_lo, rows.range.k_hi);
+    let qi = rows.position;
+    let q_valid = qi < rows.range.len;
 
     let row = (start + qi) * heads + head;
     let mut q_row = Array::<f32>::new(head_dim);
     let mut do_row = Array::<f32>::new(head_dim);
     let mut acc = Array::<f32>::new(head_dim);
+    load_row_pair(
+        q,
+        d_out,
+        &mut q_row,
+        &mut do_row,
+        &mut acc,
+        row,
+        q_valid,
+        scale,
+        head_dim,
+        unroll,
+    );
     let mut row_lse = f32::new(0.0);
     let mut row_delta = f32::new(0.0);
     if q_valid {
         row_lse = lse[row];
         row_delta = delta[row];
-    }
-    #[unroll(unroll)]
-    for d in 0..head_dim {
-        let mut qv = 0.0;
-        let mut dov = 0.0;
-        if q_valid {
-            qv = f32::cast_from(q[row * head_dim + d]) * scale;
-            dov = f32::cast_from(d_out[row * head_dim + d]);
-        }
-        q_row[d] = qv;
-        do_row[d] = dov;
-        acc[d] = 0.0;
     }
 
     let mut k_tile = SharedMemory::<f32>::new(block_n * head_dim);
@@ -86,20 +75,21 @@ pub fn flash_attention_varlen_dq_kernel<F: Float, I: Numeric>(
     let tiles = (k_hi - k_lo).div_ceil(block_n);
     for tile in 0..tiles {
         let kb = k_lo + tile * block_n;
-        let mut e = unit;
-        while e < block_n * head_dim {
-            let key = kb + e / head_dim;
-            let mut kv = 0.0;
-            let mut vv = 0.0;
-            if key < k_hi {
-                let index = ((start + key) * heads + head) * head_dim + e % head_dim;
-                kv = f32::cast_from(k[index]);
-                vv = f32::cast_from(v[index]);
-            }
-            k_tile[e] = kv;
-            v_tile[e] = vv;
-            e += block_m;
-        }
+        stage_rows_f32_pair(
+            k,
+            v,
+            &mut k_tile,
+            &mut v_tile,
+            start,
+            kb,
+            k_hi,
+            head,
+            heads,
+            rows.unit,
+            rows.units,
+            block_n,
+            head_dim,
+        );
         sync_cube();
 
         for j in 0..block_n {
@@ -150,44 +140,34 @@ pub fn flash_attention_varlen_dkv_kernel<F: Float, I: Numeric>(
     #[comptime] unroll: bool,
     #[define(F, I)] _dtypes: [StorageType; 2],
 ) {
-    let block_m = CUBE_DIM_X as usize;
-    let unit = UNIT_POS_X as usize;
-    let head = CUBE_POS_Y as usize;
     let heads = q.shape(1);
     let window = window as usize;
-
     // The same range computation as for queries: the mask is symmetric.
-    let k0 = CUBE_POS_X as usize * block_m;
-    let block = query_block(
-        cu_seqlens,
-        CUBE_POS_Z as usize,
-        k0,
-        block_m,
-        window,
-        windowed,
-    );
-    let start = block.start;
-    let q_lo = block.k_lo;
-    let q_hi = block.k_hi;
-    let kj = k0 + unit;
-    let k_valid = kj < block.len;
+    let rows = unit_row(cu_seqlens, window, windowed);
+    let (start, head) = (rows.range.start, rows.head);
+    let (q_lo, q_hi) = (rows.range.k_lo, rows.range.k_hi);
+    let kj = rows.position;
+    let k_valid = kj < rows.range.len;
 
     let row = (start + kj) * heads + head;
     let mut k_row = Array::<f32>::new(head_dim);
     let mut v_row = Array::<f32>::new(head_dim);
     let mut dk_acc = Array::<f32>::new(head_dim);
     let mut dv_acc = Array::<f32>::new(head_dim);
+    load_row_pair(
+        k,
+        v,
+        &mut k_row,
+        &mut v_row,
+        &mut dk_acc,
+        row,
+        k_valid,
+        scale,
+        head_dim,
+        unroll,
+    );
     #[unroll(unroll)]
     for d in 0..head_dim {
-        let mut kv = 0.0;
-        let mut vv = 0.0;
-        if k_valid {
-            kv = f32::cast_from(k[row * head_dim + d]) * scale;
-            vv = f32::cast_from(v[row * head_dim + d]);
-        }
-        k_row[d] = kv;
-        v_row[d] = vv;
-        dk_acc[d] = 0.0;
         dv_acc[d] = 0.0;
     }
 
@@ -198,34 +178,36 @@ pub fn flash_attention_varlen_dkv_kernel<F: Float, I: Numeric>(
     let tiles = (q_hi - q_lo).div_ceil(block_n);
     for tile in 0..tiles {
         let qb = q_lo + tile * block_n;
-        let mut e = unit;
-        while e < block_n * head_dim {
-            let query = qb + e / head_dim;
-            let mut qv = 0.0;
-            let mut dov = 0.0;
-            if query < q_hi {
-                let index = ((start + query) * heads + head) * head_dim + e % head_dim;
-                qv = f32::cast_from(q[index]);
-                dov = f32::cast_from(d_out[index]);
-            }
-            q_tile[e] = qv;
-            do_tile[e] = dov;
-            e += block_m;
-        }
-        let mut i = unit;
-        while i < block_n {
-            let query = qb + i;
-            // Rows past the range are masked below (`key_visible`).
-            let mut l = 0.0;
-            let mut dl = 0.0;
-            if query < q_hi {
-                l = lse[(start + query) * heads + head];
-                dl = delta[(start + query) * heads + head];
-            }
-            lse_tile[i] = l;
-            delta_tile[i] = dl;
-            i += block_m;
-        }
+        stage_rows_f32_pair(
+            q,
+            d_out,
+            &mut q_tile,
+            &mut do_tile,
+            start,
+            qb,
+            q_hi,
+            head,
+            heads,
+            rows.unit,
+            rows.units,
+            block_n,
+            head_dim,
+        );
+        // Rows past the range are masked below (`key_visible`).
+        stage_row_values_pair(
+            lse,
+            delta,
+            &mut lse_tile,
+            &mut delta_tile,
+            start,
+            qb,
+            q_hi,
+            head,
+            heads,
+            rows.unit,
+            rows.units,
+            block_n,
+        );
         sync_cube();
 
         for i in 0..block_n {
@@ -254,5 +236,35 @@ pub fn flash_attention_varlen_dkv_kernel<F: Float, I: Numeric>(
             dk[row * head_dim + d] = F::cast_from(dk_acc[d] * scale);
             dv[row * head_dim + d] = F::cast_from(dv_acc[d]);
         }
+    }
+}
+
+/// Row `row` of `a` times `a_scale` and of `b` in f32 registers (zeros for an idle unit),
+/// and a zeroed accumulator: the start of both backward kernels.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn load_row_pair<F: Float>(
+    a: &Tensor<F>,
+    b: &Tensor<F>,
+    a_row: &mut Array<f32>,
+    b_row: &mut Array<f32>,
+    acc: &mut Array<f32>,
+    row: usize,
+    valid: bool,
+    a_scale: f32,
+    #[comptime] head_dim: usize,
+    #[comptime] unroll: bool,
+) {
+    #[unroll(unroll)]
+    for d in 0..head_dim {
+        let mut av = 0.0;
+        let mut bv = 0.0;
+        if valid {
+            av = f32::cast_from(a[row * head_dim + d]) * a_scale;
+            bv = f32::cast_from(b[row * head_dim + d]);
+        }
+        a_row[d] = av;
+        b_row[d] = bv;
+        acc[d] = 0.0;
     }
 }

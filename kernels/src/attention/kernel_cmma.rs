@@ -29,6 +29,7 @@
 
 use cubecl::prelude::*;
 
+use super::staging::stage_rows;
 use super::tiling::{key_visible, query_block, NEG_BIG};
 
 /// Side of a cmma tile (m = n = k = 16).
@@ -39,7 +40,7 @@ pub const PAD: usize = 8;
 /// Elements of padding after each row of the shared f32 scratch.
 pub const PAD_F32: usize = 4;
 /// Alignment of every shared array in bytes (cmma loads and stores need 32).
-const SMEM_ALIGN: usize = 128;
+pub const SMEM_ALIGN: usize = 128;
 /// How far (natural log) a row's max may exceed the max its probabilities are taken
 /// against before the output is rescaled (FlashAttention-4's conditional rescaling).
 pub const RESCALE_THRESHOLD: f32 = 8.0;
@@ -370,44 +371,6 @@ pub fn flash_attention_varlen_cmma_kernel<F: Float, I: Numeric, N: Size>(
         }
         if part == 0 {
             lse[token_head] = m + l_row.ln();
-        }
-    }
-}
-
-/// Copies rows `first .. first + rows` of one head of `src` (positions in the sequence that
-/// starts at token `start`) into `tile` (row stride `head_dim + PAD`), zeros at and past
-/// `end`. All `units` units of the cube take part.
-#[cube]
-#[allow(clippy::too_many_arguments)]
-fn stage_rows<F: Float, N: Size>(
-    src: &Tensor<Vector<F, N>>,
-    tile: &mut SharedMemory<Vector<F, N>>,
-    start: usize,
-    first: usize,
-    end: usize,
-    head: usize,
-    heads: usize,
-    unit: usize,
-    #[comptime] rows: usize,
-    #[comptime] head_dim: usize,
-    #[comptime] units: usize,
-) {
-    let vector = N::value();
-    let row_vectors = comptime!(head_dim / vector);
-    let tile_row_vectors = comptime!((head_dim + PAD) / vector);
-    let count = comptime!(rows * head_dim / vector);
-    #[unroll]
-    for i in 0..comptime!(count.div_ceil(units)) {
-        let e = unit + i * units;
-        if e < count {
-            let r = e / row_vectors;
-            let c = e % row_vectors;
-            let position = first + r;
-            let mut value = Vector::<F, N>::new(F::new(0.0));
-            if position < end {
-                value = src[((start + position) * heads + head) * row_vectors + c];
-            }
-            tile[r * tile_row_vectors + c] = value;
         }
     }
 }

@@ -5,8 +5,8 @@
 //! tokens of its own sequence, and with a window only to those at most `window` positions
 //! away (ModernBERT's local layers: 64). Backends with CubeCL run our kernels (the
 //! tensor-core `kernel_cmma.rs` for f16/bf16 where the device has cmma, else the plain
-//! `kernel.rs`; `forward.rs` chooses); every other backend, and `Autodiff`, runs
-//! `reference.rs`.
+//! `kernel.rs`; `forward.rs` chooses; the backward likewise: `kernel_backward_cmma.rs` or
+//! `kernel_backward.rs`, chosen in `backward.rs`); every other backend runs `reference.rs`.
 
 #[cfg(feature = "cube")]
 pub(crate) mod backward;
@@ -17,8 +17,12 @@ mod kernel;
 #[cfg(feature = "cube")]
 mod kernel_backward;
 #[cfg(feature = "cube")]
+mod kernel_backward_cmma;
+#[cfg(feature = "cube")]
 mod kernel_cmma;
 pub mod reference;
+#[cfg(feature = "cube")]
+mod staging;
 #[cfg(feature = "cube")]
 mod tiling;
 
@@ -28,9 +32,9 @@ use burn::tensor::{Int, Tensor, TensorData, TensorPrimitive};
 
 use crate::Backend;
 
-/// Environment variable that chooses the CubeCL kernel: `plain` forces the plain kernel;
-/// `cmma` or `auto` (the default) take the tensor-core kernel wherever it applies (f16/bf16,
-/// a device with cmma) and the plain one elsewhere.
+/// Environment variable that chooses the CubeCL kernels, forward and backward: `plain`
+/// forces the plain ones; `cmma` or `auto` (the default) take the tensor-core ones wherever
+/// they apply (f16/bf16, a device with cmma) and the plain ones elsewhere.
 pub const PATH_ENV: &str = "MODERNBERT_ATTENTION_PATH";
 
 /// Which CubeCL kernel computed an attention call.
@@ -42,27 +46,58 @@ pub enum KernelPath {
     TensorCore,
 }
 
-/// The kernel of the most recent CubeCL launch (0: none yet, 1: plain, 2: tensor cores).
-static LAST_KERNEL_PATH: AtomicU8 = AtomicU8::new(0);
+/// The most recent CubeCL kernel path of one pass (forward or backward), process-wide.
+struct PathRecord(AtomicU8);
 
-/// The CubeCL kernel that ran last in this process, `None` if none has (e.g. only the
-/// reference ran). For benchmarks and tests; process-wide, so calls on other threads in
+impl PathRecord {
+    const fn new() -> Self {
+        Self(AtomicU8::new(0))
+    }
+
+    #[cfg_attr(not(feature = "cube"), allow(dead_code))]
+    fn record(&self, path: KernelPath) {
+        let code = match path {
+            KernelPath::Plain => 1,
+            KernelPath::TensorCore => 2,
+        };
+        self.0.store(code, Ordering::Relaxed);
+    }
+
+    fn last(&self) -> Option<KernelPath> {
+        match self.0.load(Ordering::Relaxed) {
+            1 => Some(KernelPath::Plain),
+            2 => Some(KernelPath::TensorCore),
+            _ => None,
+        }
+    }
+}
+
+/// The forward kernel of the most recent CubeCL launch.
+static LAST_KERNEL_PATH: PathRecord = PathRecord::new();
+/// The backward kernels of the most recent CubeCL launch.
+static LAST_BACKWARD_KERNEL_PATH: PathRecord = PathRecord::new();
+
+/// The CubeCL forward kernel that ran last in this process, `None` if none has (e.g. only
+/// the reference ran). For benchmarks and tests; process-wide, so calls on other threads in
 /// between overwrite it.
 pub fn last_kernel_path() -> Option<KernelPath> {
-    match LAST_KERNEL_PATH.load(Ordering::Relaxed) {
-        1 => Some(KernelPath::Plain),
-        2 => Some(KernelPath::TensorCore),
-        _ => None,
-    }
+    LAST_KERNEL_PATH.last()
+}
+
+/// The CubeCL backward kernels (dQ and dK/dV) that ran last in this process, `None` if
+/// none have; process-wide like [`last_kernel_path`].
+pub fn last_backward_kernel_path() -> Option<KernelPath> {
+    LAST_BACKWARD_KERNEL_PATH.last()
 }
 
 #[cfg_attr(not(feature = "cube"), allow(dead_code))]
 fn record_kernel_path(path: KernelPath) {
-    let code = match path {
-        KernelPath::Plain => 1,
-        KernelPath::TensorCore => 2,
-    };
-    LAST_KERNEL_PATH.store(code, Ordering::Relaxed);
+    LAST_KERNEL_PATH.record(path);
+}
+
+#[cfg_attr(not(feature = "cube"), allow(dead_code))]
+fn record_backward_kernel_path(path: KernelPath) {
+    LAST_BACKWARD_KERNEL_PATH.record(path);
 }
 
 /// Why an attention call was refused.

@@ -72,3 +72,47 @@ pub fn key_visible(
     }
     visible
 }
+
+/// Where a unit of a plain kernel works: cube `(x, head, sequence)` of the grid
+/// `(ceil(max_seqlen / units), heads, batch)` owns `units` consecutive rows (queries, or keys
+/// in the dK/dV kernel), one per unit.
+#[derive(CubeType)]
+pub struct UnitRow {
+    /// The cube's sequence and the range of rows on the other side its rows see.
+    pub range: QueryBlock,
+    /// The attention head.
+    pub head: usize,
+    /// This unit's index in the cube.
+    pub unit: usize,
+    /// Units (and rows) per cube.
+    pub units: usize,
+    /// This unit's row (position in the sequence; at or past its end for idle units).
+    pub position: usize,
+}
+
+/// The cube's rows and this unit's row, for a 1-D cube of `CUBE_DIM_X` units.
+#[cube]
+pub fn unit_row<I: Numeric>(
+    cu_seqlens: &Tensor<I>,
+    window: usize,
+    #[comptime] windowed: bool,
+) -> UnitRow {
+    let units = CUBE_DIM_X as usize;
+    let unit = UNIT_POS_X as usize;
+    let first = CUBE_POS_X as usize * units;
+    let range = query_block(
+        cu_seqlens,
+        CUBE_POS_Z as usize,
+        first,
+        units,
+        window,
+        windowed,
+    );
+    UnitRow {
+        range,
+        head: CUBE_POS_Y as usize,
+        unit,
+        units,
+        position: first + unit,
+    }
+}

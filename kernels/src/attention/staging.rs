@@ -1,0 +1,118 @@
+//! Staging tiles of one head's rows from global into shared memory (cube code shared by all
+//! attention kernels): every unit of the cube takes part, and rows at or past the end of the
+//! visible range are filled with zeros, so products over a partial tile need no mask of
+//! their own (the mask is applied to the scores, `tiling.rs`).
+//!
+//! Rows are positions within the sequence that starts at packed token `start`; the tensors
+//! are `[total, heads, head_dim]` (or `[total, heads]` for per-row values), contiguous.
+
+use cubecl::prelude::*;
+
+use super::kernel_cmma::PAD;
+
+/// Copies rows `first .. first + rows` of one head of `src` into `tile` (row stride
+/// `head_dim + PAD`, in the input dtype, as the cmma kernels read it), zeros at and past
+/// `end`. All `units` units of the cube take part.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub fn stage_rows<F: Float, N: Size>(
+    src: &Tensor<Vector<F, N>>,
+    tile: &mut SharedMemory<Vector<F, N>>,
+    start: usize,
+    first: usize,
+    end: usize,
+    head: usize,
+    heads: usize,
+    unit: usize,
+    #[comptime] rows: usize,
+    #[comptime] head_dim: usize,
+    #[comptime] units: usize,
+) {
+    let vector = N::value();
+    let row_vectors = comptime!(head_dim / vector);
+    let tile_row_vectors = comptime!((head_dim + PAD) / vector);
+    let count = comptime!(rows * head_dim / vector);
+    #[unroll]
+    for i in 0..comptime!(count.div_ceil(units)) {
+        let e = unit + i * units;
+        if e < count {
+            let r = e / row_vectors;
+            let c = e % row_vectors;
+            let position = first + r;
+            let mut value = Vector::<F, N>::new(F::new(0.0));
+            if position < end {
+                value = src[((start + position) * heads + head) * row_vectors + c];
+            }
+            tile[r * tile_row_vectors + c] = value;
+        }
+    }
+}
+
+/// Copies rows `first .. first + rows` of one head of two tensors into two f32 tiles (row
+/// stride `head_dim`, no padding, as the plain kernels read them), zeros at and past `end`.
+/// The `units` units of the cube (`unit` is this one) take elements in turn.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub fn stage_rows_f32_pair<F: Float>(
+    a: &Tensor<F>,
+    b: &Tensor<F>,
+    a_tile: &mut SharedMemory<f32>,
+    b_tile: &mut SharedMemory<f32>,
+    start: usize,
+    first: usize,
+    end: usize,
+    head: usize,
+    heads: usize,
+    unit: usize,
+    units: usize,
+    #[comptime] rows: usize,
+    #[comptime] head_dim: usize,
+) {
+    let mut e = unit;
+    while e < rows * head_dim {
+        let position = first + e / head_dim;
+        let mut av = 0.0;
+        let mut bv = 0.0;
+        if position < end {
+            let index = ((start + position) * heads + head) * head_dim + e % head_dim;
+            av = f32::cast_from(a[index]);
+            bv = f32::cast_from(b[index]);
+        }
+        a_tile[e] = av;
+        b_tile[e] = bv;
+        e += units;
+    }
+}
+
+/// Copies the per-row values `first .. first + rows` of one head of two `[total, heads]` f32
+/// tensors (lse and D in the backward) into two tiles, zeros at and past `end`.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub fn stage_row_values_pair(
+    a: &Tensor<f32>,
+    b: &Tensor<f32>,
+    a_tile: &mut SharedMemory<f32>,
+    b_tile: &mut SharedMemory<f32>,
+    start: usize,
+    first: usize,
+    end: usize,
+    head: usize,
+    heads: usize,
+    unit: usize,
+    units: usize,
+    #[comptime] rows: usize,
+) {
+    let mut i = unit;
+    while i < rows {
+        let position = first + i;
+        let mut av = 0.0;
+        let mut bv = 0.0;
+        if position < end {
+            av = a[(start + position) * heads + head];
+            bv = b[(start + position) * heads + head];
+        }
+        a_tile[i] = av;
+        b_tile[i] = bv;
+        i += units;
+    }
+}
