@@ -1,5 +1,8 @@
-"""torch.matmul on the problems `gemm-bench --json FILE` measured, in the same device call;
-prints one table with ours, Burn's, PyTorch's TFLOP/s and the ratio ours / PyTorch.
+"""torch on the problems `gemm-bench --json FILE` measured, in the same device call: torch.matmul
+for the plain products, torch.addmm for the epilogues (`X·W+R`: beta = 1 with the residual,
+`X·W+b`: the bias), `gelu(a) * b` for GeGLU; prints one table with ours, Burn's (for the
+epilogues: our matmul then Burn's add; for GeGLU: Burn's ops), PyTorch's, and the ratio
+ours / PyTorch (TFLOP/s, or GB/s for GeGLU).
 
     gemm-bench --backend cuda --json /tmp/gemm.jsonl
     python3 scripts/bench_gemm_torch.py --ours /tmp/gemm.jsonl
@@ -11,31 +14,49 @@ import json
 import torch
 
 
-def tflops(m, k, n, product, dtype, min_seconds=0.3):
-    g = torch.Generator(device="cuda").manual_seed(0)
-    rand = lambda *shape: torch.randn(*shape, device="cuda", dtype=dtype, generator=g)
-    # The same layouts as ours: for X·W, W is stored [k, n] = [d_in, d_out]; for dY·Wᵀ that
-    # same W is [n, k], read transposed; for Xᵀ·dY, X is stored [k, m] = [tokens, d_in].
-    if product == "X·W":
-        lhs, rhs = rand(m, k), rand(k, n)
-    elif product == "dY·Wᵀ":
-        lhs, rhs = rand(m, k), rand(n, k).t()
-    else:
-        lhs, rhs = rand(k, m).t(), rand(k, n)
+def timed(run, min_seconds=0.3):
+    """Mean seconds per call of `run` after warm-up, over at least `min_seconds`."""
     for _ in range(3):
-        torch.matmul(lhs, rhs)
+        run()
     torch.cuda.synchronize()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     iters, elapsed = 0, 0.0
     while iters < 5 or elapsed < min_seconds:
         start.record()
         for _ in range(5):
-            torch.matmul(lhs, rhs)
+            run()
         end.record()
         torch.cuda.synchronize()
         elapsed += start.elapsed_time(end) / 1e3
         iters += 5
-    return 2 * m * k * n / (elapsed / iters) / 1e12
+    return elapsed / iters
+
+
+def throughput(m, k, n, product, dtype):
+    """TFLOP/s of the product, or GB/s for GeGLU."""
+    g = torch.Generator(device="cuda").manual_seed(0)
+    rand = lambda *shape: torch.randn(*shape, device="cuda", dtype=dtype, generator=g)
+    if product == "geglu":
+        x = rand(m, 2 * n)
+        seconds = timed(lambda: torch.nn.functional.gelu(x[:, :n]) * x[:, n:])
+        return m * 3 * n * x.element_size() / seconds / 1e9
+    # The same layouts as ours: for X·W, W is stored [k, n] = [d_in, d_out]; for dY·Wᵀ that
+    # same W is [n, k], read transposed; for Xᵀ·dY, X is stored [k, m] = [tokens, d_in].
+    if product == "dY·Wᵀ":
+        lhs, rhs = rand(m, k), rand(n, k).t()
+    elif product == "Xᵀ·dY":
+        lhs, rhs = rand(k, m).t(), rand(k, n)
+    else:
+        lhs, rhs = rand(m, k), rand(k, n)
+    if product == "X·W+R":
+        residual = rand(m, n)
+        seconds = timed(lambda: torch.addmm(residual, lhs, rhs))
+    elif product == "X·W+b":
+        bias = rand(n)
+        seconds = timed(lambda: torch.addmm(bias, lhs, rhs))
+    else:
+        seconds = timed(lambda: torch.matmul(lhs, rhs))
+    return 2 * m * k * n / seconds / 1e12
 
 
 def main():
@@ -45,19 +66,23 @@ def main():
     rows = [json.loads(line) for line in open(args.ours) if line.strip()]
     dtypes = {"bf16": torch.bfloat16, "f16": torch.float16}
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}")
-    print("| model | layer | product | m×k×n | dtype | ours | Burn's | torch.matmul | ours / torch |")
+    print("| model | layer | product | m×k×n | dtype | ours | Burn's | torch | ours / torch |")
     print("|---|---|---|---|---|---|---|---|---|")
     worst = {}
     for r in rows:
-        theirs = tflops(r["m"], r["k"], r["n"], r["product"], dtypes[r["dtype"]])
-        ratio = r["ours_tflops"] / theirs
-        kind = "forward" if r["product"] == "X·W" else "backward"
+        theirs = throughput(r["m"], r["k"], r["n"], r["product"], dtypes[r["dtype"]])
+        unit = "gbps" if r["product"] == "geglu" else "tflops"
+        ours, burns = r[f"ours_{unit}"], r[f"burn_{unit}"]
+        ratio = ours / theirs
+        kind = {"X·W": "forward", "dY·Wᵀ": "backward", "Xᵀ·dY": "backward"}.get(r["product"], r["product"])
         worst[kind] = min(worst.get(kind, ratio), ratio)
+        shape = f"{r['m']}×{r['n']}" if unit == "gbps" else f"{r['m']}×{r['k']}×{r['n']}"
         print(
-            f"| {r['model']} | {r['layer']} | {r['product']} | {r['m']}×{r['k']}×{r['n']} | {r['dtype']} "
-            f"| {r['ours_tflops']:.0f} | {r['burn_tflops']:.0f} | {theirs:.0f} | {ratio:.2f} |"
+            f"| {r['model']} | {r['layer']} | {r['product']} | {shape} | {r['dtype']} "
+            f"| {ours:.0f} | {burns:.0f} | {theirs:.0f} | {ratio:.2f} |"
         )
     print("worst ratio ours / torch: " + ", ".join(f"{k} {v:.2f}" for k, v in worst.items()))
+    print("(TFLOP/s; GeGLU rows in GB/s)")
 
 
 if __name__ == "__main__":

@@ -63,11 +63,12 @@ step hf_roundtrip "$BIN/hf_roundtrip" --nocapture --test-threads 1
 step make_base_reference python3 scripts/make_reference.py /tmp/base-1024 --preset base --lengths 1024,517
 step cuda_base_1024_parity "$BIN/parity" /tmp/base-1024 --backend cuda --tolerance 1e-4
 step cuda_gemm "$BIN/gemm" --nocapture --test-threads 1 cuda
+step cuda_geglu "$BIN/geglu" --nocapture --test-threads 1 cuda
 step cuda_attention_kernel "$BIN/attention_kernel" --nocapture --test-threads 1 cuda
 MODERNBERT_ATTENTION_PATH=plain step cuda_attention_kernel_plain "$BIN/attention_kernel" --nocapture --test-threads 1 cuda
 step cuda_attention_backward "$BIN/attention_backward" --nocapture --test-threads 1 cuda
-# Wgpu on the H200's Vulkan driver (the loader travels in .gl/, see the device README).
 MODERNBERT_ATTENTION_PATH=plain step cuda_attention_backward_plain "$BIN/attention_backward" --nocapture --test-threads 1 cuda
+# Wgpu on the H200's Vulkan driver (the loader travels in .gl/, see the device README).
 if [ -d .gl ]; then
   for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig
   icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json; [ -f $icd ] && export VK_DRIVER_FILES=$icd
@@ -79,8 +80,8 @@ MODERNBERT_ATTENTION_PATH=plain "$BIN/attention-bench" --backend cuda --dtype bf
 python3 scripts/bench_attention_torch.py 2>&1 | tee -a "$OUT/bench_attention.md" | tee -a "$OUT/summary.txt"
 echo "=== attention forward+backward benchmark (ours, then PyTorch)" | tee -a "$OUT/summary.txt"
 timeout 240 "$BIN/attention-bench" --backend cuda --dtype bf16 --backward --iters 5 2>&1 | tee "$OUT/bench_attention_backward.md" | tee -a "$OUT/summary.txt"
-python3 scripts/bench_attention_torch.py --backward --iters 10 2>&1 | tee -a "$OUT/bench_attention_backward.md" | tee -a "$OUT/summary.txt"
 MODERNBERT_ATTENTION_PATH=plain timeout 240 "$BIN/attention-bench" --backend cuda --dtype bf16 --backward --iters 5 2>&1 | tee -a "$OUT/bench_attention_backward.md" | tee -a "$OUT/summary.txt"
+python3 scripts/bench_attention_torch.py --backward --iters 10 2>&1 | tee -a "$OUT/bench_attention_backward.md" | tee -a "$OUT/summary.txt"
 fi
 if [ "$PART" != kernels ]; then
 if [ -d .gl ] && [ -z "${VK_DRIVER_FILES:-}" ]; then

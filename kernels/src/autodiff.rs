@@ -1,7 +1,10 @@
-//! [`Backend`] under Burn's autodiff: both operations register their own backward.
+//! [`Backend`] under Burn's autodiff: every operation registers its own backward.
 //! - matmul: both backward products (`dX = dY·Wᵀ`, `dW = Xᵀ·dY`) go through the inner
 //!   backend's [`Backend::matmul`] (cuBLASLt on Cuda) instead of Burn's generic matmul; the
 //!   transposes are views, read in place.
+//! - fused linear: a residual folded into the product passes the output gradient through;
+//!   the bias is left to autodiff's own add.
+//! - GeGLU: the backward is [`Backend::geglu_backward`], the exact gradient.
 //! - varlen attention: the forward runs the inner backend's kernel and saves only its
 //!   inputs, `out`, `lse` and `cu_seqlens`; the backward calls
 //!   [`Backend::varlen_attention_backward`] (our backward kernels on CubeCL backends, the
@@ -11,7 +14,7 @@
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{binary, broadcast_shape, Backward, Ops, OpsKind};
+use burn::backend::autodiff::ops::{binary, broadcast_shape, unary, Backward, Ops, OpsKind};
 use burn::backend::autodiff::NodeId;
 use burn::backend::Autodiff;
 use burn::tensor::backend::AutodiffBackend;
@@ -121,6 +124,116 @@ impl<B: Backend, C: CheckpointStrategy> Backend for Autodiff<B, C> {
                 )
             }
             OpsKind::UnTracked(prep) => prep.finish(B::matmul(lhs.primitive, rhs.primitive)),
+        }
+    }
+
+    fn fused_linear(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: Option<FloatTensor<Self>>,
+        residual: Option<FloatTensor<Self>>,
+    ) -> FloatTensor<Self> {
+        /// `x · W + residual` in one product of the inner backend.
+        #[derive(Debug)]
+        struct LinearResidual;
+
+        impl<B: Backend> Backward<B, 3> for LinearResidual {
+            /// x (for dW) and W (for dX), each saved only if the other is tracked.
+            type State = (Option<NodeId>, Option<NodeId>);
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 3>,
+                grads: &mut Gradients,
+                checkpointer: &mut Checkpointer,
+            ) {
+                let [x_node, weight_node, residual_node] = ops.parents;
+                let grad = grads.consume::<B>(&ops.node);
+                let (x, weight) = ops.state;
+                let mut input = |id: Option<NodeId>| {
+                    id.map(|id| checkpointer.retrieve_node_output::<FloatTensor<B>>(id))
+                };
+                let (x, weight) = (input(x), input(weight));
+                if let Some(node) = x_node {
+                    let weight_t = B::float_transpose(weight.expect("W saved for dX"));
+                    grads.register::<B>(node.id, B::matmul(grad.clone(), weight_t));
+                }
+                if let Some(node) = weight_node {
+                    let x_t = B::float_transpose(x.expect("x saved for dW"));
+                    grads.register::<B>(node.id, B::matmul(x_t, grad.clone()));
+                }
+                if let Some(node) = residual_node {
+                    grads.register::<B>(node.id, grad);
+                }
+            }
+        }
+
+        // The bias (heads only, small) is added by autodiff's own broadcast add.
+        if let Some(bias) = bias {
+            let y = Self::fused_linear(x, weight, None, residual);
+            return crate::add_epilogue::<Self>(y, Some(bias), None);
+        }
+        let Some(residual) = residual else {
+            return Self::matmul(x, weight);
+        };
+        let (x_tracked, weight_tracked) = (x.is_tracked(), weight.is_tracked());
+        let nodes = [x.node.clone(), weight.node.clone(), residual.node.clone()];
+        match LinearResidual
+            .prepare::<C>(nodes)
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(mut prep) => {
+                let x_state = weight_tracked.then(|| prep.checkpoint(&x));
+                let weight_state = x_tracked.then(|| prep.checkpoint(&weight));
+                let y = B::fused_linear(
+                    x.primitive,
+                    weight.primitive,
+                    None,
+                    Some(residual.primitive),
+                );
+                prep.finish((x_state, weight_state), y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::fused_linear(
+                x.primitive,
+                weight.primitive,
+                None,
+                Some(residual.primitive),
+            )),
+        }
+    }
+
+    fn geglu(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        /// GeGLU with its exact gradient (Burn's gelu backward is the tanh approximation's).
+        #[derive(Debug)]
+        struct Geglu;
+
+        impl<B: Backend> Backward<B, 1> for Geglu {
+            type State = NodeId;
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 1>,
+                grads: &mut Gradients,
+                checkpointer: &mut Checkpointer,
+            ) {
+                let x = checkpointer.retrieve_node_output::<FloatTensor<B>>(ops.state);
+                unary::<B, _>(ops.parents, ops.node, grads, |grad| {
+                    B::geglu_backward(x, grad)
+                });
+            }
+        }
+
+        match Geglu
+            .prepare::<C>([x.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(mut prep) => {
+                let state = prep.checkpoint(&x);
+                prep.finish(state, B::geglu(x.primitive))
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::geglu(x.primitive)),
         }
     }
 

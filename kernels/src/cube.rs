@@ -18,7 +18,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> Backend
 {
     fn matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {
         #[cfg(feature = "cuda")]
-        if let Some(out) = crate::cublaslt::matmul(&lhs, &rhs) {
+        if let Some(out) = crate::cublaslt::matmul(&lhs, &rhs, crate::cublaslt::Epilogue::NONE) {
             return out;
         }
         let tf32: StorageType = ElemType::Float(FloatKind::TF32).into();
@@ -57,6 +57,33 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> Backend
         )
     }
 
+    fn fused_linear(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: Option<FloatTensor<Self>>,
+        residual: Option<FloatTensor<Self>>,
+    ) -> FloatTensor<Self> {
+        #[cfg(feature = "cuda")]
+        {
+            let epilogue = crate::cublaslt::Epilogue {
+                bias: bias.as_ref(),
+                residual: residual.as_ref(),
+            };
+            if let Some(out) = crate::cublaslt::matmul(&x, &weight, epilogue) {
+                return out;
+            }
+        }
+        crate::add_epilogue::<Self>(Self::matmul(x, weight), bias, residual)
+    }
+
+    fn geglu(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        crate::geglu::kernel::geglu(x)
+    }
+
+    fn geglu_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        crate::geglu::kernel::geglu_backward(x, grad)
+    }
+
     fn varlen_attention(
         q: FloatTensor<Self>,
         k: FloatTensor<Self>,
@@ -77,6 +104,12 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> Backend
         cu_seqlens: IntTensor<Self>,
         meta: &VarlenMeta,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        // The kernels read q, k, v and dO as one dtype.
+        let d_out = if d_out.dtype == q.dtype {
+            d_out
+        } else {
+            Self::float_cast(d_out, q.dtype.into())
+        };
         // D = rowsum(dO ∘ O) in f32, [total, heads].
         let f32 = |t| Self::float_cast(t, FloatDType::F32);
         let product = Self::float_mul(f32(d_out.clone()), f32(out));
@@ -85,9 +118,3 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> Backend
         varlen_attention_backward(q, k, v, d_out, lse, delta, cu_seqlens, meta)
     }
 }
-        // The kernels read q, k, v and dO as one dtype.
-        let d_out = if d_out.dtype == q.dtype {
-            d_out
-        } else {
-            Self::float_cast(d_out, q.dtype.into())
-        };

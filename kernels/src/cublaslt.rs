@@ -42,21 +42,56 @@ const WORKSPACE_BYTES: usize = 32 << 20;
 /// Plans are cached per shape; serving with many distinct token counts would grow the
 /// cache without end, so it is cleared past this size.
 const MAX_CACHED_PLANS: usize = 4096;
-/// Algorithms the heuristic proposes for a new problem size; each is timed once and the
-/// fastest kept (cuBLASLt's first choice is not always its fastest on Hopper).
-const CANDIDATES: usize = 8;
-/// Timed runs per candidate (after one warm-up run).
+/// Algorithms the heuristic proposes for a new problem size; each is timed and the fastest
+/// kept (cuBLASLt's first choice is not always its fastest on Hopper).
+const CANDIDATES: usize = 16;
+/// Timed runs per candidate and round (after one warm-up run).
 const TIMED_RUNS: usize = 3;
+/// Rounds over all candidates; each candidate keeps its fastest round.
+const TIMING_ROUNDS: usize = 3;
 
-/// `lhs · rhs` through cuBLASLt, or `None` when this path does not apply (not Cuda, an
-/// unsupported dtype or layout, or cuBLASLt unavailable): the caller then uses Burn's.
+/// What the GEMM's epilogue adds to the product `lhs · rhs` before it is stored.
+pub(crate) struct Epilogue<'a, R: CubeRuntime> {
+    /// `[n]`, added to every row (cuBLASLt's `BIAS` epilogue).
+    pub(crate) bias: Option<&'a CubeTensor<R>>,
+    /// `[m, n]`, added element-wise (`beta = 1` with it as the `C` matrix).
+    pub(crate) residual: Option<&'a CubeTensor<R>>,
+}
+
+impl<R: CubeRuntime> Epilogue<'_, R> {
+    /// Nothing added: a plain product.
+    pub(crate) const NONE: Self = Self {
+        bias: None,
+        residual: None,
+    };
+
+    /// Whether cuBLASLt can read these operands in place for `problem` (2-D, contiguous,
+    /// the product's dtype and shape).
+    fn fits(&self, problem: &Problem, dtype: DType) -> bool {
+        let plain = |t: &CubeTensor<R>, shape: &[usize]| {
+            t.dtype == dtype && t.meta.shape().as_slice() == shape && t.is_contiguous()
+        };
+        let batched = problem.batch > 1 || problem.out_shape.len() != 2;
+        let bias_ok = self.bias.is_none_or(|b| !batched && plain(b, &[problem.n]));
+        let residual_ok = self
+            .residual
+            .is_none_or(|r| !batched && plain(r, &[problem.m, problem.n]));
+        bias_ok && residual_ok
+    }
+}
+
+/// `lhs · rhs (+ bias) (+ residual)` through cuBLASLt, or `None` when this path does not
+/// apply (not Cuda, an unsupported dtype or layout, or cuBLASLt unavailable): the caller
+/// then uses Burn's ops.
 ///
 /// # Shapes
 /// - lhs: `[..., m, k]`, rhs: `[..., k, n]`; batch dims equal or 1 (broadcast)
+/// - epilogue (2-D products only): bias `[n]`, residual `[m, n]`
 /// - output: `[..., m, n]`, contiguous
 pub(crate) fn matmul<R: CubeRuntime>(
     lhs: &CubeTensor<R>,
     rhs: &CubeTensor<R>,
+    epilogue: Epilogue<'_, R>,
 ) -> Option<CubeTensor<R>> {
     let client = (&lhs.client as &dyn Any).downcast_ref::<ComputeClient<CudaRuntime>>()?;
     let device = (&lhs.device as &dyn Any).downcast_ref::<CudaDevice>()?;
@@ -70,8 +105,8 @@ pub(crate) fn matmul<R: CubeRuntime>(
         rhs.meta.shape(),
         rhs.meta.strides(),
     )?;
-    if problem.k == 0 {
-        return None; // an all-zero output; Burn's matmul handles it
+    if problem.k == 0 || !epilogue.fits(&problem, lhs.dtype) {
+        return None; // k = 0: an all-zero output, which Burn's ops handle
     }
     // CubeCL runs every server call on its device thread, and each blocking call from here
     // waits for that thread's queue: one blocking round trip for the whole GEMM (output
@@ -87,12 +122,21 @@ pub(crate) fn matmul<R: CubeRuntime>(
         if problem.m * problem.n * problem.batch == 0 {
             return Some(out);
         }
-        let pointers = [&lhs.handle, &rhs.handle, &out.handle]
-            .map(|handle| client.get_resource(handle.clone()).ok());
-        let [Some(a), Some(b), Some(d)] = pointers else {
-            return None;
+        let pointer = |tensor: &CubeTensor<R>| {
+            let resource = client.get_resource(tensor.handle.clone()).ok()?;
+            Some(resource.resource().ptr)
         };
-        let ptrs = [a.resource().ptr, b.resource().ptr, d.resource().ptr];
+        let optional = |tensor: Option<&CubeTensor<R>>| match tensor {
+            Some(tensor) => pointer(tensor).map(Some),
+            None => Some(None),
+        };
+        let ptrs = Pointers {
+            lhs: pointer(lhs)?,
+            rhs: pointer(rhs)?,
+            out: pointer(&out)?,
+            bias: optional(epilogue.bias)?,
+            residual: optional(epilogue.residual)?,
+        };
         let mut devices = devices()
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -165,6 +209,16 @@ pub fn status() -> Result<(), String> {
     Ok(())
 }
 
+/// Device addresses of one GEMM's operands.
+#[derive(Debug, Clone, Copy)]
+struct Pointers {
+    lhs: u64,
+    rhs: u64,
+    out: u64,
+    bias: Option<u64>,
+    residual: Option<u64>,
+}
+
 /// cuBLASLt objects of one device: handle, our stream, the ordering events, the workspace
 /// and the plans chosen per problem.
 struct DeviceState {
@@ -178,26 +232,30 @@ struct DeviceState {
     timing: [cu_sys::CUevent; 2],
     handle: lt_sys::cublasLtHandle_t,
     workspace: cu_sys::CUdeviceptr,
-    plans: HashMap<(Problem, u32), Plan>,
+    plans: HashMap<PlanKey, Plan>,
     /// The fastest algorithm measured per [`SizeClass`], reused for problems of the same
     /// class (inference sees a new token count in nearly every batch).
     fastest: HashMap<SizeClass, lt_sys::cublasLtMatmulAlgo_t>,
 }
 
-/// Problems that share a measured algorithm: the same dtype, operand transposes, batch
-/// count and weight-sized dims, with the token-sized dim rounded up to a power of two. In
+/// What identifies a plan: the problem, the dtype, and whether the epilogue adds a bias.
+type PlanKey = (Problem, u32, bool);
+
+/// Problems that share a measured algorithm: the same dtype, epilogue, operand transposes,
+/// batch count and weight-sized dims, with the token-sized dim rounded up to a power of two. In
 /// a linear layer the tokens are `m` (forward `X·W`, `dY·Wᵀ`) unless the left operand is
 /// read transposed (`Xᵀ·dY`), where they are `k`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct SizeClass {
     data_type: u32,
+    bias: bool,
     transposed: [bool; 2],
     mnk: [usize; 3],
     batch: usize,
 }
 
 impl SizeClass {
-    fn of(problem: &Problem, data_type: lt_sys::cudaDataType) -> Self {
+    fn of(problem: &Problem, data_type: lt_sys::cudaDataType, bias: bool) -> Self {
         let Problem { m, n, k, .. } = *problem;
         let mnk = if problem.b.transposed {
             [m, n, k.next_power_of_two()]
@@ -206,6 +264,7 @@ impl SizeClass {
         };
         Self {
             data_type: data_type as u32,
+            bias,
             transposed: [problem.a.transposed, problem.b.transposed],
             mnk,
             batch: problem.batch,
@@ -274,7 +333,7 @@ impl DeviceState {
         &mut self,
         problem: &Problem,
         data_type: lt_sys::cudaDataType,
-        [lhs, rhs, out]: [u64; 3],
+        pointers: Pointers,
     ) -> Result<(), SetupError> {
         // SAFETY: every object below was created in `new` for this context; the pointers
         // come from live Burn tensors that the caller holds until this returns, and the
@@ -296,13 +355,13 @@ impl DeviceState {
                 ),
                 "cuStreamWaitEvent",
             )?;
-            let key = (problem.clone(), data_type as u32);
+            let key = (problem.clone(), data_type as u32, pointers.bias.is_some());
             if !self.plans.contains_key(&key) {
-                let plan = self.new_plan(problem, data_type, [lhs, rhs, out])?;
+                let plan = self.new_plan(problem, data_type, pointers)?;
                 self.plans.insert(key.clone(), plan);
             }
             let plan = &self.plans[&key];
-            self.matmul(plan, &plan.algo, [lhs, rhs, out])?;
+            self.matmul(plan, &plan.algo, pointers)?;
             driver(cu::event::record(self.after, self.stream), "cuEventRecord")?;
             driver(
                 cu_sys::cuCtxWaitEvent(self.context, self.after).result(),
@@ -314,26 +373,41 @@ impl DeviceState {
     /// Enqueues one cuBLASLt matmul of `plan` with `algo` on our stream.
     ///
     /// # Safety
-    /// The pointers must be live device memory of the plan's layouts.
+    /// The pointers must be live device memory of the plan's layouts; `plan` has a bias
+    /// epilogue exactly when `pointers.bias` is set.
     unsafe fn matmul(
         &self,
         plan: &Plan,
         algo: &lt_sys::cublasLtMatmulAlgo_t,
-        [lhs, rhs, out]: [u64; 3],
+        pointers: Pointers,
     ) -> Result<(), SetupError> {
-        let (alpha, beta) = (1.0f32, 0.0f32);
+        if let Some(bias) = pointers.bias {
+            lt::set_matmul_desc_attribute(
+                plan.desc,
+                lt_sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+                &bias as *const u64 as *const c_void,
+                std::mem::size_of::<u64>(),
+            )
+            .map_err(|e| format!("bias pointer: {e}"))?;
+        }
+        // D = A·B + beta·C, with C the residual (same layout as D) when there is one.
+        let (c, beta) = match pointers.residual {
+            Some(residual) => (residual, 1.0f32),
+            None => (pointers.out, 0.0f32),
+        };
+        let alpha = 1.0f32;
         lt::matmul(
             self.handle,
             plan.desc,
             &alpha as *const f32 as *const c_void,
             &beta as *const f32 as *const c_void,
-            rhs as *const c_void,
+            pointers.rhs as *const c_void,
             plan.a,
-            lhs as *const c_void,
+            pointers.lhs as *const c_void,
             plan.b,
-            out as *const c_void,
+            c as *const c_void,
             plan.d,
-            out as *mut c_void,
+            pointers.out as *mut c_void,
             plan.d,
             algo,
             self.workspace as *mut c_void,
@@ -343,10 +417,44 @@ impl DeviceState {
         .map_err(|e| format!("cublasLtMatmul: {e}"))
     }
 
+    /// Time of `TIMED_RUNS` runs of `algo` in ms, after one warm-up run; `None` when
+    /// cuBLASLt refuses the algorithm for this problem.
+    ///
+    /// # Safety
+    /// As for [`Self::matmul`].
+    unsafe fn time(
+        &self,
+        plan: &Plan,
+        algo: &lt_sys::cublasLtMatmulAlgo_t,
+        pointers: Pointers,
+    ) -> Result<Option<f32>, SetupError> {
+        if self.matmul(plan, algo, pointers).is_err() {
+            return Ok(None);
+        }
+        driver(
+            cu::event::record(self.timing[0], self.stream),
+            "cuEventRecord",
+        )?;
+        for _ in 0..TIMED_RUNS {
+            self.matmul(plan, algo, pointers)?;
+        }
+        driver(
+            cu::event::record(self.timing[1], self.stream),
+            "cuEventRecord",
+        )?;
+        driver(cu::event::synchronize(self.timing[1]), "cuEventSynchronize")?;
+        let ms = cu::event::elapsed(self.timing[0], self.timing[1])
+            .map_err(|e| format!("cuEventElapsedTime: {e:?}"))?;
+        Ok(Some(ms))
+    }
+
     /// The descriptors of a new problem and its algorithm: the one measured fastest for its
     /// [`SizeClass`] if cuBLASLt accepts it for this exact problem, else the fastest of the
-    /// heuristic's candidates, each timed once on these operands (this blocks the host once
-    /// per size class; the output is overwritten by the real run that follows).
+    /// heuristic's candidates, timed on these operands (this blocks the host once per size
+    /// class; the output is overwritten by the real run that follows).
+    ///
+    /// Each candidate is timed in [`TIMING_ROUNDS`] interleaved rounds and keeps its best
+    /// round, so that one slow moment (clocks ramping up, another process) does not decide.
     ///
     /// # Safety
     /// As for [`Self::matmul`]; our stream must already wait for the operands.
@@ -354,10 +462,11 @@ impl DeviceState {
         &mut self,
         problem: &Problem,
         data_type: lt_sys::cudaDataType,
-        pointers: [u64; 3],
+        pointers: Pointers,
     ) -> Result<Plan, SetupError> {
-        let (mut plan, candidates) = Plan::new(self.handle, problem, data_type)?;
-        let class = SizeClass::of(problem, data_type);
+        let bias = pointers.bias.is_some();
+        let (mut plan, candidates) = Plan::new(self.handle, problem, data_type, bias)?;
+        let class = SizeClass::of(problem, data_type, bias);
         if let Some(known) = self.fastest.get(&class) {
             let mut check = std::mem::MaybeUninit::uninit();
             let accepted = lt_sys::cublasLtMatmulAlgoCheck(
@@ -378,31 +487,18 @@ impl DeviceState {
             }
         }
         if candidates.len() > 1 {
-            let mut best = (f32::INFINITY, plan.algo);
-            for algo in &candidates {
-                // One warm-up, then `TIMED_RUNS`; a candidate that fails is skipped.
-                if self.matmul(&plan, algo, pointers).is_err() {
-                    continue;
-                }
-                driver(
-                    cu::event::record(self.timing[0], self.stream),
-                    "cuEventRecord",
-                )?;
-                for _ in 0..TIMED_RUNS {
-                    self.matmul(&plan, algo, pointers)?;
-                }
-                driver(
-                    cu::event::record(self.timing[1], self.stream),
-                    "cuEventRecord",
-                )?;
-                driver(cu::event::synchronize(self.timing[1]), "cuEventSynchronize")?;
-                let ms = cu::event::elapsed(self.timing[0], self.timing[1])
-                    .map_err(|e| format!("cuEventElapsedTime: {e:?}"))?;
-                if ms < best.0 {
-                    best = (ms, *algo);
+            let mut best_ms = vec![f32::INFINITY; candidates.len()];
+            for _ in 0..TIMING_ROUNDS {
+                for (algo, best) in candidates.iter().zip(&mut best_ms) {
+                    if let Some(ms) = self.time(&plan, algo, pointers)? {
+                        *best = best.min(ms);
+                    }
                 }
             }
-            plan.algo = best.1;
+            let fastest = (0..candidates.len())
+                .min_by(|&i, &j| best_ms[i].total_cmp(&best_ms[j]))
+                .expect("at least two candidates");
+            plan.algo = candidates[fastest];
         }
         self.fastest.insert(class, plan.algo);
         Ok(plan)
@@ -419,8 +515,8 @@ struct Plan {
 }
 
 impl Plan {
-    /// The descriptors of `p`, with the heuristic's first algorithm chosen, and the
-    /// heuristic's candidates (up to [`CANDIDATES`], best guess first).
+    /// The descriptors of `p` (with a bias epilogue if `bias`), with the heuristic's first
+    /// algorithm chosen, and the heuristic's candidates (up to [`CANDIDATES`], best guess first).
     ///
     /// # Safety
     /// `handle` must be a live cuBLASLt handle.
@@ -428,6 +524,7 @@ impl Plan {
         handle: lt_sys::cublasLtHandle_t,
         p: &Problem,
         data_type: lt_sys::cudaDataType,
+        bias: bool,
     ) -> Result<(Self, Vec<lt_sys::cublasLtMatmulAlgo_t>), SetupError> {
         fn err(what: &'static str) -> impl Fn(lt::CublasError) -> SetupError {
             move |e| format!("{what}: {e}")
@@ -457,6 +554,18 @@ impl Plan {
                 std::mem::size_of_val(&op),
             )
             .map_err(err("cublasLtMatmulDescSetAttribute"))?;
+        }
+        if bias {
+            // The bias has D's dtype (cuBLASLt's default for f16/bf16/f32 outputs); its
+            // pointer is set per call.
+            let epilogue = lt_sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS;
+            lt::set_matmul_desc_attribute(
+                desc,
+                lt_sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_EPILOGUE,
+                &epilogue as *const _ as *const c_void,
+                std::mem::size_of_val(&epilogue),
+            )
+            .map_err(err("epilogue"))?;
         }
         let layout = |rows: usize, cols: usize, ld: usize, batch_stride: usize| {
             let layout = lt::create_matrix_layout(data_type, rows as u64, cols as u64, ld as i64)

@@ -1,14 +1,15 @@
 //! The backend extension of modernbert-burn: operations the model needs that some
 //! backends run better (or more exactly) than Burn's generic ops.
 //!
-//! Model code calls the free functions here ([`matmul`], [`linear`]); each backend picks
-//! its implementation through [`Backend`]. Backends without a specialised kernel use the
-//! default methods, which are plain Burn ops.
+//! Model code calls the free functions here ([`matmul`], [`linear`], [`linear_residual`],
+//! [`geglu()`], [`varlen_attention`]); each backend picks its implementation through
+//! [`Backend`]. Backends without a specialised kernel use the default methods, which are
+//! plain Burn ops.
 
 use burn::module::Param;
 use burn::nn::Linear;
 use burn::tensor::ops::{FloatTensor, IntTensor};
-use burn::tensor::{Tensor, TensorPrimitive};
+use burn::tensor::{Tensor, TensorMetadata, TensorPrimitive};
 
 pub mod attention;
 #[cfg(any(feature = "autodiff", test))]
@@ -17,6 +18,7 @@ mod autodiff;
 mod cube;
 #[cfg(feature = "cuda")]
 mod cublaslt;
+pub mod geglu;
 #[cfg(any(feature = "cuda", test))]
 mod gemm_layout;
 
@@ -27,6 +29,7 @@ pub use attention::{
     last_backward_kernel_path, last_kernel_path, varlen_attention, AttentionError, CuSeqlens,
     KernelPath, VarlenAttentionOptions, VarlenAttentionOutput, VarlenMeta,
 };
+pub use geglu::{geglu, GegluError};
 
 /// A Burn backend with modernbert's extension operations.
 pub trait Backend: burn::tensor::backend::Backend {
@@ -39,6 +42,46 @@ pub trait Backend: burn::tensor::backend::Backend {
     /// - output: `[..., m, n]`
     fn matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {
         Self::float_matmul(lhs, rhs)
+    }
+
+    /// A linear layer with its epilogue: `x · weight (+ bias) (+ residual)`. Backends that
+    /// can fold the additions into the product do (cuBLASLt's epilogue on Cuda: the bias and
+    /// the residual are added as the output tile is stored, saving a pass over memory each);
+    /// the default is [`Backend::matmul`] followed by Burn's adds.
+    ///
+    /// # Shapes
+    /// - x: `[m, k]`, weight: `[k, n]`, bias: `[n]`, residual: `[m, n]`
+    /// - output: `[m, n]`
+    fn fused_linear(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: Option<FloatTensor<Self>>,
+        residual: Option<FloatTensor<Self>>,
+    ) -> FloatTensor<Self> {
+        add_epilogue::<Self>(Self::matmul(x, weight), bias, residual)
+    }
+
+    /// GeGLU, `gelu(input) · gate` over the two halves of `x`'s last dimension (see
+    /// [`geglu()`], which validates the width). The default is the exact reference in
+    /// plain tensor ops.
+    ///
+    /// # Shapes
+    /// - x: `[rows, 2I]`; output: `[rows, I]`
+    fn geglu(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        let x = Tensor::<Self, 2>::from_primitive(TensorPrimitive::Float(x));
+        geglu::geglu_reference(x).into_primitive().tensor()
+    }
+
+    /// Gradient of [`Backend::geglu`] with respect to `x`, from the output gradient.
+    /// The default is the exact reference in plain tensor ops.
+    ///
+    /// # Shapes
+    /// - x: `[rows, 2I]`, grad: `[rows, I]`; output: `[rows, 2I]`
+    fn geglu_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        let wrap = |t| Tensor::<Self, 2>::from_primitive(TensorPrimitive::Float(t));
+        geglu::geglu_backward_reference(wrap(x), wrap(grad))
+            .into_primitive()
+            .tensor()
     }
 
     /// Flash attention over packed sequences (see [`varlen_attention`], which validates the
@@ -104,6 +147,28 @@ where
 {
 }
 
+/// A linear layer's epilogue in Burn ops: `y (+ bias) (+ residual)`.
+///
+/// # Shapes
+/// - y: `[m, n]`, bias: `[n]`, residual: `[m, n]`
+pub(crate) fn add_epilogue<B: Backend>(
+    y: FloatTensor<B>,
+    bias: Option<FloatTensor<B>>,
+    residual: Option<FloatTensor<B>>,
+) -> FloatTensor<B> {
+    let y = match bias {
+        Some(bias) => {
+            let n = bias.shape().num_elements();
+            B::float_add(y, B::float_reshape(bias, [1, n].into()))
+        }
+        None => y,
+    };
+    match residual {
+        Some(residual) => B::float_add(y, residual),
+        None => y,
+    }
+}
+
 /// [`Backend::matmul`] on tensors.
 ///
 /// # Shapes
@@ -114,13 +179,29 @@ pub fn matmul<B: Backend, const D: usize>(lhs: Tensor<B, D>, rhs: Tensor<B, D>) 
     Tensor::from_primitive(TensorPrimitive::Float(out))
 }
 
-/// `x · W (+ b)` for a Burn [`Linear`] (weight `[d_in, d_out]`), through [`matmul`].
+/// `x · W (+ b)` for a Burn [`Linear`] (weight `[d_in, d_out]`), through
+/// [`Backend::fused_linear`].
 ///
 /// # Shapes
 /// - x: `[..., d_in]`
 /// - output: `[..., d_out]`
 pub fn linear<B: Backend, const D: usize>(layer: &Linear<B>, x: Tensor<B, D>) -> Tensor<B, D> {
     linear_weight(x, layer.weight.val(), layer.bias.as_ref().map(Param::val))
+}
+
+/// `residual + x · W (+ b)` for a Burn [`Linear`], the residual added in the product's
+/// epilogue where the backend can (see [`Backend::fused_linear`]).
+///
+/// # Shapes
+/// - x: `[..., d_in]`, residual: `[..., d_out]` (same leading dims)
+/// - output: `[..., d_out]`
+pub fn linear_residual<B: Backend, const D: usize>(
+    layer: &Linear<B>,
+    x: Tensor<B, D>,
+    residual: Tensor<B, D>,
+) -> Tensor<B, D> {
+    let bias = layer.bias.as_ref().map(Param::val);
+    fused_linear(x, layer.weight.val(), bias, Some(residual))
 }
 
 /// `x · weight (+ bias)` with an explicit weight `[d_in, d_out]`.
@@ -133,16 +214,28 @@ pub fn linear_weight<B: Backend, const D: usize>(
     weight: Tensor<B, 2>,
     bias: Option<Tensor<B, 1>>,
 ) -> Tensor<B, D> {
+    fused_linear(x, weight, bias, None)
+}
+
+/// [`Backend::fused_linear`] over any leading dims (flattened into rows).
+fn fused_linear<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    weight: Tensor<B, 2>,
+    bias: Option<Tensor<B, 1>>,
+    residual: Option<Tensor<B, D>>,
+) -> Tensor<B, D> {
     let mut dims = x.dims();
     let [d_in, d_out] = weight.dims();
     let rows = x.shape().num_elements() / d_in.max(1);
-    let y = matmul(x.reshape([rows, d_in]), weight);
-    let y = match bias {
-        Some(bias) => y + bias.unsqueeze::<2>(),
-        None => y,
-    };
+    let float = |t: Tensor<B, 2>| t.into_primitive().tensor();
+    let y = B::fused_linear(
+        float(x.reshape([rows, d_in])),
+        float(weight),
+        bias.map(|b| b.into_primitive().tensor()),
+        residual.map(|r| float(r.reshape([rows, d_out]))),
+    );
     dims[D - 1] = d_out;
-    y.reshape(dims)
+    Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(y)).reshape(dims)
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ use modernbert_kernels::{
     linear, matmul, varlen_attention, Backend as KernelBackend, CuSeqlens, VarlenAttentionOptions,
 };
 
+use crate::residual::add_projection;
 use crate::rope::RopeAngles;
 
 /// Configuration of [`ModernBertAttention`]; made by
@@ -133,13 +134,20 @@ pub enum AttentionBatch<'a, B: KernelBackend> {
 }
 
 impl<B: KernelBackend> ModernBertAttention<B> {
+    /// `residual + out_drop(Wo(attention(x)))`.
+    ///
     /// # Shapes
-    /// - x: `[batch, seq, H]` (padded) or `[1, total_nnz, H]` (unpadded)
+    /// - x, residual: `[batch, seq, H]` (padded) or `[1, total_nnz, H]` (unpadded)
     /// - output: same as x
     ///
     /// Probability dropout (`attn_drop`) applies on the padded path only; both paths apply
     /// `out_drop`.
-    pub fn forward(&self, x: Tensor<B, 3>, batch: AttentionBatch<'_, B>) -> Tensor<B, 3> {
+    pub fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        batch: AttentionBatch<'_, B>,
+        residual: Tensor<B, 3>,
+    ) -> Tensor<B, 3> {
         let [rows, seq, hidden] = x.dims();
         let (heads, head_dim) = (self.num_heads, hidden / self.num_heads);
         let qkv = linear(&self.Wqkv, x);
@@ -180,7 +188,7 @@ impl<B: KernelBackend> ModernBertAttention<B> {
                     .reshape([1, seq, hidden])
             }
         };
-        self.out_drop.forward(linear(&self.Wo, out))
+        add_projection(residual, &self.Wo, &self.out_drop, out)
     }
 }
 

@@ -82,7 +82,8 @@ impl<B: KernelBackend> ModernBertEncoderLayer<B> {
             Some(norm) => norm.forward(hidden.clone()),
             None => hidden.clone(),
         };
-        let hidden = hidden + self.attn.forward(normed, batch);
-        hidden.clone() + self.mlp.forward(self.mlp_norm.forward(hidden))
+        let hidden = self.attn.forward(normed, batch, hidden);
+        self.mlp
+            .forward(self.mlp_norm.forward(hidden.clone()), hidden)
     }
 }

@@ -1,5 +1,6 @@
 //! The GeGLU feed-forward block: `Wo(drop(gelu(input) * gate))` with
-//! `input, gate = Wi(x).chunk(2)`.
+//! `input, gate = Wi(x).chunk(2)` (one kernel on CubeCL backends:
+//! `modernbert_kernels::geglu`), added to the residual stream.
 //!
 //! HF: `ModernBertMLP` in `modeling_modernbert.py`.
 #![allow(non_snake_case)]
@@ -7,10 +8,11 @@
 use burn::config::Config;
 use burn::module::{Initializer, Module};
 use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
-use burn::tensor::activation::gelu;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
-use modernbert_kernels::{linear, Backend as KernelBackend};
+use modernbert_kernels::{geglu, linear, Backend as KernelBackend};
+
+use crate::residual::add_projection;
 
 /// Configuration of [`ModernBertMlp`]; made by
 /// [`ModernBertConfig::mlp`](crate::ModernBertConfig::mlp).
@@ -59,13 +61,13 @@ impl ModernBertMlpConfig {
 }
 
 impl<B: KernelBackend> ModernBertMlp<B> {
+    /// `residual + Wo(drop(geglu(Wi(x))))`.
+    ///
     /// # Shapes
-    /// - x: `[..., hidden_size]`
+    /// - x, residual: `[..., hidden_size]`
     /// - output: `[..., hidden_size]`
-    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let mut halves = linear(&self.Wi, x).chunk(2, D - 1);
-        let gate = halves.pop().expect("chunk(2) yields two halves");
-        let input = halves.pop().expect("chunk(2) yields two halves");
-        linear(&self.Wo, self.drop.forward(gelu(input) * gate))
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>, residual: Tensor<B, D>) -> Tensor<B, D> {
+        let act = geglu(linear(&self.Wi, x)).expect("Wi has 2 * intermediate_size outputs");
+        add_projection(residual, &self.Wo, &self.drop, act)
     }
 }

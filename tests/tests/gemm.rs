@@ -2,6 +2,8 @@
 //! on Wgpu) against an f64 product of the same (rounded) inputs computed on the host, and
 //! against Burn's own matmul: odd sizes, a single token, transposed operands (the layouts of
 //! the backward products), batches and a broadcast operand, on fresh random inputs each run.
+//! The fused linear (`Backend::fused_linear`: bias and residual in cuBLASLt's epilogue on
+//! Cuda, Burn's adds elsewhere) against the same f64 product plus the additions.
 //! Wgpu (f32) runs in CI on lavapipe; Cuda (f32, f16, bf16, a dependency chain that would
 //! expose an ordering bug between cuBLASLt's stream and Burn's, and gradients under autodiff)
 //! runs through `scripts/gpu-check.sh`.
@@ -180,6 +182,65 @@ fn check_matmul<B: Backend>(device: &B::Device, dtype: DType, tolerance: f64, bu
     );
 }
 
+/// `x [m, k] · W [k, n] (+ bias [n]) (+ residual [m, n])` for each case, in `dtype`, vs the
+/// host (≤ `tolerance`).
+fn check_fused_linear<B: Backend>(device: &B::Device, dtype: DType, tolerance: f64) {
+    let mut rng = Rng::from_env();
+    let mut failures = Vec::new();
+    // (m, k, n, bias, residual): a token through Wqkv, odd sizes, attention Wo, mlp Wo.
+    let cases = [
+        (1, 768, 2304, true, true),
+        (37, 77, 53, true, false),
+        (129, 768, 768, false, true),
+        (65, 1152, 768, true, true),
+    ];
+    for (m, k, n, with_bias, with_residual) in cases {
+        let case = case(m, k, n, false, false);
+        let mut draw = |shape: [usize; 2]| {
+            let (t, v) = operand::<B>(&mut rng, device, [1, shape[0], shape[1]], false, dtype);
+            (t.reshape(shape), v)
+        };
+        let ((x, x_values), (w, w_values)) = (draw([m, k]), draw([k, n]));
+        let (bias, bias_values) = draw([1, n]);
+        let (residual, residual_values) = draw([m, n]);
+        let mut reference = host_matmul(&x_values, &w_values, &case);
+        for (i, r) in reference.iter_mut().enumerate() {
+            if with_bias {
+                *r += bias_values[i % n] as f64;
+            }
+            if with_residual {
+                *r += residual_values[i] as f64;
+            }
+        }
+        let primitive = |t: Tensor<B, 2>| t.into_primitive().tensor();
+        let ours = B::fused_linear(
+            primitive(x),
+            primitive(w),
+            with_bias.then(|| bias.reshape([n]).into_primitive().tensor()),
+            with_residual.then(|| primitive(residual)),
+        );
+        let ours = Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(ours));
+        let error = relative_error(&values(ours.unsqueeze()), &reference);
+        println!("{dtype:?} fused linear {m}x{k}x{n} bias {with_bias} residual {with_residual}: {error:.2e}");
+        if error > tolerance {
+            failures.push(format!(
+                "{m}x{k}x{n} bias {with_bias} residual {with_residual}: {error:.2e}"
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{dtype:?} fused linear off (tolerance {tolerance:e}):\n{}",
+        failures.join("\n")
+    );
+}
+
+#[cfg(feature = "wgpu")]
+#[test]
+fn wgpu_fused_linear_matches_f64_f32() {
+    check_fused_linear::<burn::backend::Wgpu>(&Default::default(), DType::F32, 1e-5);
+}
+
 #[cfg(feature = "wgpu")]
 #[test]
 fn wgpu_matmul_matches_f64_f32() {
@@ -203,6 +264,14 @@ mod cuda {
         check_matmul::<Cuda>(&device, DType::F32, 1e-5, 5e-3);
         check_matmul::<Cuda>(&device, DType::F16, 2e-3, 2e-2);
         check_matmul::<Cuda>(&device, DType::BF16, 1e-2, 2e-2);
+    }
+
+    #[test]
+    fn cuda_fused_linear_matches_f64() {
+        let device = Default::default();
+        check_fused_linear::<Cuda>(&device, DType::F32, 1e-5);
+        check_fused_linear::<Cuda>(&device, DType::F16, 2e-3);
+        check_fused_linear::<Cuda>(&device, DType::BF16, 1e-2);
     }
 
     /// Twenty dependent products, each feeding Burn kernels that feed the next one: if

@@ -1,9 +1,13 @@
 //! `gemm-bench [--backend cuda] [--tokens N] [--json FILE]`: times the dense products of
 //! ModernBERT's linear layers (base and large), forward `X·W` and the two backward products
 //! `dY·Wᵀ` and `Xᵀ·dY` with their transposed operands read in place, in bf16 and f16, through
-//! our matmul (cuBLASLt on Cuda) and through Burn's own, and prints a table.
-//! `scripts/bench_gemm_torch.py --ours FILE` times torch.matmul on the same problems and
-//! prints both with the ratio.
+//! our matmul (cuBLASLt on Cuda) and through Burn's own, and prints a table. Then the
+//! epilogues: a residual add (`X·W + R`, the attention and MLP outputs) and a bias (`X·W + b`,
+//! the MLM decoder over 30% of the tokens), fused by `Backend::fused_linear` vs our matmul
+//! followed by Burn's add; and GeGLU (`gelu(input)·gate` of base's `Wi` output) as our one
+//! kernel vs Burn's ops, in GB/s moved.
+//! `scripts/bench_gemm_torch.py --ours FILE` times torch on the same problems
+//! (`torch.matmul`, `torch.addmm`, `gelu(a)·b`) and prints both with the ratio.
 
 use std::time::Instant;
 
@@ -160,6 +164,76 @@ fn bench<B: Backend>(args: &Args, device: B::Device) -> Result<()> {
                 }));
             }
         }
+    }
+    println!();
+    println!("| model | layer | product | m×k×n | dtype | fused TFLOP/s | matmul + add TFLOP/s |");
+    println!("|---|---|---|---|---|---|---|");
+    for dtype in [DType::BF16, DType::F16] {
+        let random = |shape: [usize; 2]| {
+            Tensor::<B, 2>::random(shape, Distribution::Default, &device).cast(dtype)
+        };
+        let primitive = |x: &Tensor<B, 2>| x.clone().into_primitive().tensor();
+        // (layer, product, m, k, n): residual adds of base's two output projections, and
+        // the decoder's bias over 30% of the tokens (the masked ones).
+        let epilogues = [
+            ("attn.Wo", "X·W+R", t, 768, 768),
+            ("mlp.Wo", "X·W+R", t, 1152, 768),
+            ("decoder", "X·W+b", t * 3 / 10, 768, 50368),
+        ];
+        for (name, product, m, k, n) in epilogues {
+            let (x, w) = (random([m, k]), random([k, n]));
+            let residual = (product == "X·W+R").then(|| random([m, n]));
+            let bias = (product == "X·W+b").then(|| random([1, n]).reshape([n]));
+            let run = |fused: bool| {
+                let (b, r) = (
+                    bias.as_ref().map(|b| b.clone().into_primitive().tensor()),
+                    residual.as_ref().map(primitive),
+                );
+                if fused {
+                    let _ = B::fused_linear(primitive(&x), primitive(&w), b, r);
+                } else {
+                    let y = B::matmul(primitive(&x), primitive(&w));
+                    let y = match b {
+                        Some(b) => B::float_add(y, B::float_reshape(b, [1, n].into())),
+                        None => y,
+                    };
+                    let _ = r.map(|r| B::float_add(y, r));
+                }
+            };
+            let fused = time::<B>(&device, args.seconds, || run(true))?;
+            let unfused = time::<B>(&device, args.seconds, || run(false))?;
+            let flops = 2.0 * (m * k * n) as f64;
+            let (fused, unfused) = (flops / fused / 1e12, flops / unfused / 1e12);
+            println!("| base | {name} | {product} | {m}×{k}×{n} | {dtype:?} | {fused:.0} | {unfused:.0} |");
+            json.push(serde_json::json!({
+                "model": "base", "layer": name, "product": product,
+                "m": m, "k": k, "n": n, "dtype": format!("{dtype:?}").to_lowercase(),
+                "ours_tflops": fused, "burn_tflops": unfused,
+            }));
+        }
+    }
+    println!();
+    println!("| GeGLU rows × I | dtype | ours GB/s | Burn's ops GB/s |");
+    println!("|---|---|---|---|");
+    for dtype in [DType::BF16, DType::F16] {
+        let (rows, half) = (t, 1152);
+        let x =
+            Tensor::<B, 2>::random([rows, 2 * half], Distribution::Default, &device).cast(dtype);
+        let ours = time::<B>(&device, args.seconds, || {
+            let _ = B::geglu(x.clone().into_primitive().tensor());
+        })?;
+        let burns = time::<B>(&device, args.seconds, || {
+            let _ = modernbert_kernels::geglu::geglu_reference(x.clone());
+        })?;
+        // Read 2I, write I per row, 2 bytes each.
+        let bytes = (rows * 3 * half * 2) as f64;
+        let (ours, burns) = (bytes / ours / 1e9, bytes / burns / 1e9);
+        println!("| {rows} × {half} | {dtype:?} | {ours:.0} | {burns:.0} |");
+        json.push(serde_json::json!({
+            "model": "base", "layer": "mlp", "product": "geglu",
+            "m": rows, "k": 0, "n": half, "dtype": format!("{dtype:?}").to_lowercase(),
+            "ours_gbps": ours, "burn_gbps": burns,
+        }));
     }
     if let Some(path) = &args.json {
         let lines: Vec<String> = json.iter().map(|v| v.to_string()).collect();
