@@ -29,6 +29,9 @@
 
 use cubecl::prelude::*;
 
+use super::cmma_tiles::{
+    accumulate_products, products_to_scratch, row_fragments, zero_accumulators,
+};
 use super::staging::stage_rows;
 use super::tiling::{key_visible, query_block, NEG_BIG};
 
@@ -133,40 +136,10 @@ pub fn flash_attention_varlen_cmma_kernel<F: Float, I: Numeric, N: Size>(
     );
     sync_cube();
 
-    // The plane's Q rows as A fragments, one per 16 columns of head_dim.
-    let mut q_frags = Sequence::<cmma::Matrix<F>>::new();
-    #[unroll]
-    for d in 0..comptime!(head_dim / TILE) {
-        let frag = unsafe {
-            cmma::Matrix::<F>::uninitialized(
-                cmma::MatrixIdent::A,
-                TILE,
-                TILE,
-                TILE,
-                cmma::MatrixLayout::RowMajor,
-            )
-        };
-        let offset = (plane * TILE * tile_stride + d * TILE) / vector;
-        cmma::load(
-            &frag,
-            &q_tile.slice(offset, comptime!(block_m * tile_stride / vector)),
-            comptime!(tile_stride as u32),
-        );
-        q_frags.push(frag);
-    }
-    // The plane's output rows, f32 accumulators, one per 16 columns of head_dim.
-    let mut o_frags = Sequence::<cmma::Matrix<f32>>::new();
-    #[unroll]
-    for _ in 0..comptime!(head_dim / TILE) {
-        o_frags.push(cmma::Matrix::<f32>::from_value(
-            cmma::MatrixIdent::Accumulator,
-            TILE,
-            TILE,
-            TILE,
-            cmma::MatrixLayout::Undefined,
-            0.0,
-        ));
-    }
+    // The plane's Q rows as A fragments and its output rows as f32 accumulators, one per
+    // 16 columns of head_dim.
+    let q_frags = row_fragments(&q_tile, plane * TILE, block_m, head_dim);
+    let o_frags = zero_accumulators(head_dim);
 
     // Softmax state of this unit's row: the max probabilities are taken against (shared by
     // the row's units) and this unit's partial sum of them.
@@ -206,42 +179,16 @@ pub fn flash_attention_varlen_cmma_kernel<F: Float, I: Numeric, N: Size>(
         sync_cube();
 
         // S = Q·Kᵀ, 16 keys at a time, into the plane's scratch.
-        #[unroll]
-        for n in 0..comptime!(block_n / TILE) {
-            let acc = cmma::Matrix::<f32>::from_value(
-                cmma::MatrixIdent::Accumulator,
-                TILE,
-                TILE,
-                TILE,
-                cmma::MatrixLayout::Undefined,
-                0.0,
-            );
-            #[unroll]
-            for d in 0..comptime!(head_dim / TILE) {
-                let key_frag = unsafe {
-                    cmma::Matrix::<F>::uninitialized(
-                        cmma::MatrixIdent::B,
-                        TILE,
-                        TILE,
-                        TILE,
-                        cmma::MatrixLayout::ColMajor,
-                    )
-                };
-                let offset = (n * TILE * tile_stride + d * TILE) / vector;
-                cmma::load(
-                    &key_frag,
-                    &k_tile.slice(offset, comptime!(block_n * tile_stride / vector)),
-                    comptime!(tile_stride as u32),
-                );
-                cmma::execute::<F, F, f32, f32>(q_frags.index(d), &key_frag, &acc, &acc);
-            }
-            cmma::store(
-                &mut scratch.slice_mut(scratch_base + n * TILE, scratch_end),
-                &acc,
-                comptime!(scratch_stride as u32),
-                cmma::MatrixLayout::RowMajor,
-            );
-        }
+        products_to_scratch(
+            &q_frags,
+            &k_tile,
+            &mut scratch,
+            scratch_base,
+            scratch_end,
+            block_n,
+            head_dim,
+            scratch_stride,
+        );
         sync_plane();
 
         // Masked, scaled scores of this unit's columns, and the row's max.
@@ -302,42 +249,9 @@ pub fn flash_attention_varlen_cmma_kernel<F: Float, I: Numeric, N: Size>(
         sync_plane(); // P is complete
 
         // O += P·V, 16 keys at a time.
-        #[unroll]
-        for j in 0..comptime!(block_n / TILE) {
-            let p_frag = cmma::Matrix::<F>::from_slice(
-                cmma::MatrixIdent::A,
-                TILE,
-                TILE,
-                TILE,
-                cmma::MatrixLayout::RowMajor,
-                &p_tiles.slice(p_base + j * TILE, p_end),
-                comptime!(p_stride as u32),
-            );
-            #[unroll]
-            for d in 0..comptime!(head_dim / TILE) {
-                let value_frag = unsafe {
-                    cmma::Matrix::<F>::uninitialized(
-                        cmma::MatrixIdent::B,
-                        TILE,
-                        TILE,
-                        TILE,
-                        cmma::MatrixLayout::RowMajor,
-                    )
-                };
-                let offset = (j * TILE * tile_stride + d * TILE) / vector;
-                cmma::load(
-                    &value_frag,
-                    &v_tile.slice(offset, comptime!(block_n * tile_stride / vector)),
-                    comptime!(tile_stride as u32),
-                );
-                cmma::execute::<F, F, f32, f32>(
-                    &p_frag,
-                    &value_frag,
-                    o_frags.index(d),
-                    o_frags.index(d),
-                );
-            }
-        }
+        accumulate_products(
+            &o_frags, &p_tiles, p_base, p_end, &v_tile, block_n, p_stride, head_dim,
+        );
         m = m_new;
         sync_cube(); // the K/V tiles and P are free for the next tile
     }

@@ -11,6 +11,8 @@
 #[cfg(feature = "cube")]
 pub(crate) mod backward;
 #[cfg(feature = "cube")]
+mod cmma_tiles;
+#[cfg(feature = "cube")]
 pub(crate) mod forward;
 #[cfg(feature = "cube")]
 mod kernel;
