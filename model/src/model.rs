@@ -113,6 +113,10 @@ pub struct ModernBertModel<B: Backend> {
     pub layers: Vec<ModernBertEncoderLayer<B>>,
     /// Norm after the last layer.
     pub final_norm: LayerNorm<B>,
+    /// RoPE tables of the global layers (θ = `global_rope_theta`); constants, not saved.
+    pub global_rotary_emb: RotaryEmbedding<B>,
+    /// RoPE tables of the sliding-window layers (θ = `local_rope_theta`); constants, not saved.
+    pub local_rotary_emb: RotaryEmbedding<B>,
     /// The architecture this model was built from (saved as config.json).
     pub config: ModernBertConfig,
 }
@@ -159,6 +163,12 @@ impl ModernBertConfig {
         )
     }
 
+    /// Sub-config of the rotary embedding with base `theta`.
+    pub fn rotary_emb(&self, theta: f64) -> RotaryEmbeddingConfig {
+        RotaryEmbeddingConfig::new(self.head_dim(), theta)
+            .with_max_position_embeddings(self.max_position_embeddings)
+    }
+
     /// Sub-config of layer `index`.
     pub fn layer(&self, index: usize) -> ModernBertEncoderLayerConfig {
         ModernBertEncoderLayerConfig::new(
@@ -173,7 +183,8 @@ impl ModernBertConfig {
     }
 
     /// Builds the encoder on `device`. Parameters are initialized lazily, so loading weights
-    /// right after costs no random initialization.
+    /// right after costs no random initialization; the RoPE cos/sin tables
+    /// (`max_position_embeddings` rows) are built on the host and uploaded.
     ///
     /// # Panics
     /// If the config is invalid; configs from [`ModernBertConfig::from_file`] are validated,
@@ -191,6 +202,8 @@ impl ModernBertConfig {
                 .with_epsilon(self.norm_eps)
                 .with_bias(self.norm_bias)
                 .init(device),
+            global_rotary_emb: self.rotary_emb(self.global_rope_theta).init(device),
+            local_rotary_emb: self.rotary_emb(self.local_rope_theta).init(device),
             config: self.clone(),
         }
     }
@@ -303,13 +316,10 @@ impl<B: KernelBackend> ModernBertModel<B> {
     }
 
     /// `angles` of the global and the local rotary embedding.
-    fn rope<T>(&self, angles: impl Fn(RotaryEmbedding<B>) -> T) -> (T, T) {
-        let device = self.final_norm.gamma.lazy_device();
-        let rope =
-            |theta| angles(RotaryEmbeddingConfig::new(self.config.head_dim(), theta).init(&device));
+    fn rope<T>(&self, angles: impl Fn(&RotaryEmbedding<B>) -> T) -> (T, T) {
         (
-            rope(self.config.global_rope_theta),
-            rope(self.config.local_rope_theta),
+            angles(&self.global_rotary_emb),
+            angles(&self.local_rotary_emb),
         )
     }
 

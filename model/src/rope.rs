@@ -1,12 +1,16 @@
 //! Rotary position embeddings (RoPE), GPT-NeoX `rotate_half` style, as in HF's
 //! `ModernBertRotaryEmbedding` / `apply_rotary_pos_emb`.
 //!
-//! Angles are computed in f32 from integer positions, so that positions restart at 0 for
-//! every sequence whatever the batch layout.
+//! The cos and sin tables of every position below `max_position_embeddings` are built once,
+//! on the host, when the model is built, and uploaded; a forward pass gathers the rows of its
+//! token positions, so that positions restart at 0 for every sequence whatever the batch
+//! layout. Host math keeps the values independent of the device's `cos`/`sin` (SwiftShader's
+//! WGSL `sin`/`cos` are off by up to 2e-4).
 
 use burn::config::Config;
+use burn::module::Module;
 use burn::tensor::backend::Backend;
-use burn::tensor::{DType, Element, FloatDType, Int, Tensor, TensorData};
+use burn::tensor::{DType, Element, Int, Tensor, TensorData};
 
 /// Configuration of a [`RotaryEmbedding`].
 #[derive(Config, Debug)]
@@ -15,15 +19,23 @@ pub struct RotaryEmbeddingConfig {
     pub head_dim: usize,
     /// Base θ of the inverse frequencies (160 000 on global layers, 10 000 on local ones).
     pub theta: f64,
+    /// Rows of the tables: positions `0..max_position_embeddings` can be rotated.
+    #[config(default = 8192)]
+    pub max_position_embeddings: usize,
 }
 
-/// Inverse frequencies `1 / θ^(2i / head_dim)` for `i < head_dim / 2`.
+/// cos and sin of `position · inv_freq` for every position below `max_position_embeddings`,
+/// where `inv_freq = 1 / θ^(2i / head_dim)` for `i < head_dim / 2`, duplicated over the two
+/// halves of a head.
 ///
-/// Not a learnable module: it holds no parameters, only the frequencies.
-#[derive(Debug, Clone)]
+/// A module without parameters: the tables are constants (not saved, not trained), moved
+/// with the model between devices.
+#[derive(Module, Debug)]
 pub struct RotaryEmbedding<B: Backend> {
-    /// `[head_dim / 2]`.
-    inv_freq: Tensor<B, 1>,
+    /// `[max_position_embeddings, head_dim]`, f32.
+    cos: Tensor<B, 2>,
+    /// `[max_position_embeddings, head_dim]`, f32.
+    sin: Tensor<B, 2>,
 }
 
 /// cos and sin of the rotation angles, shaped to broadcast over the heads of a rank-`D`
@@ -37,35 +49,63 @@ pub struct RopeAngles<B: Backend, const D: usize> {
 }
 
 impl RotaryEmbeddingConfig {
-    /// Builds the inverse-frequency table on `device`.
+    /// The angles `position · inv_freq` of every position, `[max_position_embeddings,
+    /// head_dim / 2]` row-major, with HF's f32 arithmetic: `inv_freq = 1.0 / base **
+    /// (arange(0, dim, 2).float() / dim)` (torch's f32 `pow` is correctly rounded there; f64
+    /// `powf` rounded to f32 gives the same value on every target, where f32 `powf` of a
+    /// wasm libm may be an ulp off) and the f32 product with the position (the angle's
+    /// rounding is what decides cos/sin at large positions, so it must be HF's).
+    fn angles(&self) -> Vec<f32> {
+        let half = self.head_dim / 2;
+        let inv_freq: Vec<f32> = (0..half)
+            .map(|i| {
+                let exponent = (2 * i) as f32 / self.head_dim as f32;
+                1.0 / self.theta.powf(exponent as f64) as f32
+            })
+            .collect();
+        (0..self.max_position_embeddings)
+            .flat_map(|position| inv_freq.iter().map(move |&f| position as f32 * f))
+            .collect()
+    }
+
+    /// Builds the cos and sin tables on the host (f64 `cos`/`sin` of HF's f32 angles,
+    /// rounded to f32: HF's f32 values to within f32 rounding) and uploads them to `device`.
     pub fn init<B: Backend>(&self, device: &B::Device) -> RotaryEmbedding<B> {
         let half = self.head_dim / 2;
-        // Same arithmetic as HF (`1.0 / base ** (arange(0, dim, 2).float() / dim)`), in f32.
-        let inv_freq: Vec<f32> = (0..half)
-            .map(|i| 1.0 / (self.theta as f32).powf((2 * i) as f32 / self.head_dim as f32))
-            .collect();
+        let angles = self.angles();
+        let table = |f: fn(f64) -> f64| {
+            let values: Vec<f32> = angles
+                .chunks_exact(half.max(1))
+                .flat_map(|row| {
+                    let row: Vec<f32> = row.iter().map(|&a| f(a as f64) as f32).collect();
+                    [row.clone(), row].concat()
+                })
+                .collect();
+            let shape = [self.max_position_embeddings, 2 * half];
+            Tensor::from_data(TensorData::new(values, shape), (device, DType::F32))
+        };
         RotaryEmbedding {
-            inv_freq: Tensor::from_data(TensorData::new(inv_freq, [half]), (device, DType::F32)),
+            cos: table(f64::cos),
+            sin: table(f64::sin),
         }
     }
 }
 
 impl<B: Backend> RotaryEmbedding<B> {
-    /// `(cos, sin)` of `position · inv_freq`, duplicated over the two halves.
+    /// The table rows of `positions`, in the model's float dtype.
     ///
     /// # Shapes
-    /// - positions: `[n]`
+    /// - positions: `[n]`, each below `max_position_embeddings` (the model's input checks
+    ///   refuse longer sequences before any gather)
     /// - output: two `[n, head_dim]`
     fn table(&self, positions: Tensor<B, 1, Int>) -> (Tensor<B, 2>, Tensor<B, 2>) {
-        let [half] = self.inv_freq.dims();
-        // f32 whatever the model's dtype: bf16 holds integers exactly only up to 256, so
-        // positions and angles in bf16 would be wrong for long sequences. HF likewise builds
-        // the table in f32 and casts cos/sin to the activations' dtype.
-        let freqs = positions.cast(FloatDType::F32).unsqueeze_dim::<2>(1)
-            * self.inv_freq.clone().reshape([1, half]);
-        let emb = Tensor::cat(vec![freqs.clone(), freqs], 1);
+        // The tables stay f32 whatever the model's dtype (HF too builds them in f32 and casts
+        // cos/sin to the activations' dtype); only the gathered rows are cast.
         let dtype = B::FloatElem::dtype();
-        (emb.clone().cos().cast(dtype), emb.sin().cast(dtype))
+        (
+            self.cos.clone().select(0, positions.clone()).cast(dtype),
+            self.sin.clone().select(0, positions).cast(dtype),
+        )
     }
 
     /// Angles for a padded batch.
@@ -139,6 +179,48 @@ mod tests {
         let norm = |t: Tensor<TestBackend, 4>| t.powf_scalar(2.0).sum_dim(3);
         let norm_diff: f32 = (norm(y) - norm(x)).abs().max().into_scalar();
         assert!(norm_diff < 1e-5, "rotation changed the norm by {norm_diff}");
+    }
+
+    #[test]
+    fn inv_freq_is_hf_bit_for_bit() {
+        // torch 2.x: `1.0 / (160000.0 ** (torch.arange(0, 64, 2).float() / 64))`, as f32 bits.
+        const HF: [u32; 32] = [
+            0x3f800000, 0x3f300a3a, 0x3ef21c1f, 0x3ea67d01, 0x3e64f92e, 0x3e1d7475, 0x3dd88cb4,
+            0x3d94e963, 0x3d4ccccd, 0x3d0cd4fb, 0x3cc1b019, 0x3c8530ce, 0x3c372dbf, 0x3bfbed88,
+            0x3bad3d5e, 0x3b6e4237, 0x3b23d70a, 0x3ae154c5, 0x3a9af347, 0x3a551ae3, 0x3a128aff,
+            0x39c98ad3, 0x398a977e, 0x393e9b60, 0x3903126f, 0x38b443d0, 0x3877eba6, 0x382a7be8,
+            0x37ea77ff, 0x37a13bdc, 0x375dbf30, 0x37187c4d,
+        ];
+        let config = RotaryEmbeddingConfig::new(64, 160000.0).with_max_position_embeddings(2);
+        let inv_freq: Vec<u32> = config.angles()[32..].iter().map(|f| f.to_bits()).collect();
+        assert_eq!(inv_freq, HF);
+    }
+
+    #[test]
+    fn host_tables_match_the_f32_formula_on_the_device() {
+        // The formula the tables replace: f32 angles, cos/sin in f32 on the device (NdArray:
+        // libm, within an ulp), at every position of a ModernBERT-base head.
+        let device = Default::default();
+        let config = RotaryEmbeddingConfig::new(64, 160000.0).with_max_position_embeddings(8192);
+        let rope = config.init::<TestBackend>(&device);
+        let angles = Tensor::<TestBackend, 2>::from_data(
+            TensorData::new(config.angles(), [8192, 32]),
+            &device,
+        );
+        let angles = Tensor::cat(vec![angles.clone(), angles], 1);
+        let positions = Tensor::<TestBackend, 1, Int>::arange(0..8192, &device);
+        let (cos, sin) = rope.table(positions);
+        let max_diff = |a: Tensor<TestBackend, 2>, b: Tensor<TestBackend, 2>| -> f32 {
+            (a - b).abs().max().into_scalar()
+        };
+        let (cos_diff, sin_diff) = (
+            max_diff(cos, angles.clone().cos()),
+            max_diff(sin, angles.sin()),
+        );
+        assert!(cos_diff <= 2.4e-7, "cos differs by {cos_diff}");
+        assert!(sin_diff <= 2.4e-7, "sin differs by {sin_diff}");
+        // Position 8191's largest angle, as HF rounds it.
+        assert_eq!(config.angles()[8191 * 32], 8191.0);
     }
 
     #[test]
