@@ -4,16 +4,11 @@
 #   2. wasm-bindgen's JS glue into www/pkg/, with the CLI of exactly the version in Cargo.lock,
 #   3. with WASM_OPT=1 only, binaryen's wasm-opt -O3 (needs a binaryen newer than Debian
 #      12's 108, whose output Chromium rejects: `npm i -g binaryen`).
-# Needs: rustup target add wasm32-unknown-unknown; cargo install wasm-bindgen-cli --version <below>.
+# Needs the wasm32 target and that wasm-bindgen CLI: ./tools.sh --build names what is missing.
 set -euo pipefail
 cd "$(dirname "$0")"
 
-version=$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/[^0-9.]/, ""); print; exit }' Cargo.lock)
-if [[ "$(wasm-bindgen --version 2>/dev/null)" != "wasm-bindgen $version" ]]; then
-  echo "build.sh: needs wasm-bindgen-cli $version (have: $(wasm-bindgen --version 2>/dev/null || echo none));" >&2
-  echo "  cargo install wasm-bindgen-cli --version $version" >&2
-  exit 1
-fi
+./tools.sh --build
 
 cargo build --release
 wasm=../target/wasm32-unknown-unknown/release/modernbert_web_demo.wasm

@@ -1,10 +1,12 @@
 //! The backend the page runs on: Burn's Wgpu backend over the browser's WebGPU when the page
-//! found an adapter, otherwise NdArray compiled to wasm (one thread).
+//! found an adapter (in f16 when it has `shader-f16`, else f32), otherwise NdArray compiled to
+//! wasm (one thread, f32).
 
 use std::cell::RefCell;
 
 use burn::backend::wgpu::{graphics::WebGpu, init_setup_async, RuntimeOptions, WgpuDevice};
 use burn::backend::{NdArray, Wgpu};
+use burn::tensor::f16;
 use modernbert::ModernBertConfig;
 
 use crate::error::DemoError;
@@ -17,6 +19,37 @@ pub struct Adapter {
     pub name: String,
     /// `maxStorageBufferBindingSize` of the device: the largest tensor it can hold.
     pub max_storage_buffer_binding_size: u64,
+    /// Whether the device has WebGPU's `shader-f16`. CubeCL requests every feature of the
+    /// adapter for its device and registers f16 as a supported type when this one is there,
+    /// so f16 kernels then compile (`enable f16;`).
+    pub shader_f16: bool,
+}
+
+/// The float type the model's weights and activations are held in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dtype {
+    /// 32-bit floats: the CPU fallback, and adapters without `shader-f16`.
+    F32,
+    /// 16-bit floats: adapters with `shader-f16` (half the memory of f32).
+    F16,
+}
+
+impl Dtype {
+    /// Bytes per element.
+    pub fn size(self) -> u64 {
+        match self {
+            Self::F32 => 4,
+            Self::F16 => 2,
+        }
+    }
+
+    /// `"f32"` or `"f16"`, as the page shows it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::F16 => "f16",
+        }
+    }
 }
 
 thread_local! {
@@ -41,17 +74,22 @@ pub async fn webgpu_adapter() -> Adapter {
             .join(" "),
         max_storage_buffer_binding_size: setup.device.limits().max_storage_buffer_binding_size
             as u64,
+        shader_f16: setup.device.features().contains(wgpu::Features::SHADER_F16),
     };
     ADAPTER.with(|a| *a.borrow_mut() = Some(adapter.clone()));
     adapter
 }
 
-/// Fails with the tensor's name and the limit when a weight matrix is larger than one storage
-/// buffer of the adapter (the embedding matrix is the usual culprit; weights are f32).
+/// Fails with the tensor's name and the limit when a weight matrix in `dtype` is larger than
+/// one storage buffer of the adapter (the embedding matrix is the usual culprit).
 ///
 /// # Errors
 /// [`DemoError::BufferLimit`].
-pub fn check_buffer_limit(config: &ModernBertConfig, limit: u64) -> Result<(), DemoError> {
+pub fn check_buffer_limit(
+    config: &ModernBertConfig,
+    dtype: Dtype,
+    limit: u64,
+) -> Result<(), DemoError> {
     let h = config.hidden_size as u64;
     let tensors = [
         (
@@ -65,10 +103,11 @@ pub fn check_buffer_limit(config: &ModernBertConfig, limit: u64) -> Result<(), D
         ),
     ];
     for (tensor, elements) in tensors {
-        let bytes = elements * 4;
+        let bytes = elements * dtype.size();
         if bytes > limit {
             return Err(DemoError::BufferLimit {
                 tensor: tensor.to_string(),
+                dtype: dtype.name(),
                 bytes,
                 limit,
             });
@@ -82,10 +121,17 @@ pub fn check_buffer_limit(config: &ModernBertConfig, limit: u64) -> Result<(), D
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Engine {
-    /// Burn's Wgpu backend (CubeCL kernels compiled to WGSL) on the browser's WebGPU.
+    /// Burn's Wgpu backend (CubeCL kernels compiled to WGSL) on the browser's WebGPU, f32.
     WebGpu {
         /// The model.
         session: Session<Wgpu>,
+        /// Where it runs.
+        adapter: Adapter,
+    },
+    /// The same in f16, on an adapter with `shader-f16`.
+    WebGpuF16 {
+        /// The model, weights converted to f16 at load.
+        session: Session<Wgpu<f16>>,
         /// Where it runs.
         adapter: Adapter,
     },
@@ -94,7 +140,8 @@ pub enum Engine {
 }
 
 impl Engine {
-    /// Loads the checkpoint on `backend` (`"webgpu"` or `"cpu"`).
+    /// Loads the checkpoint on `backend` (`"webgpu"` or `"cpu"`); on WebGPU in f16 when the
+    /// adapter has `shader-f16`.
     ///
     /// # Errors
     /// [`DemoError::UnknownBackend`], [`DemoError::Load`] for a bad checkpoint,
@@ -104,9 +151,23 @@ impl Engine {
         match backend {
             "webgpu" => {
                 let adapter = webgpu_adapter().await;
-                check_buffer_limit(&config, adapter.max_storage_buffer_binding_size)?;
-                let session = Session::load(files, &config, &WgpuDevice::default())?;
-                Ok(Self::WebGpu { session, adapter })
+                let dtype = if adapter.shader_f16 {
+                    Dtype::F16
+                } else {
+                    Dtype::F32
+                };
+                check_buffer_limit(&config, dtype, adapter.max_storage_buffer_binding_size)?;
+                let device = WgpuDevice::default();
+                Ok(match dtype {
+                    Dtype::F16 => Self::WebGpuF16 {
+                        session: Session::load(files, &config, &device)?,
+                        adapter,
+                    },
+                    Dtype::F32 => Self::WebGpu {
+                        session: Session::load(files, &config, &device)?,
+                        adapter,
+                    },
+                })
             }
             "cpu" => Ok(Self::Cpu(Session::load(
                 files,
@@ -117,10 +178,18 @@ impl Engine {
         }
     }
 
+    /// The float type of weights and activations.
+    pub fn dtype(&self) -> Dtype {
+        match self {
+            Self::WebGpuF16 { .. } => Dtype::F16,
+            Self::WebGpu { .. } | Self::Cpu(_) => Dtype::F32,
+        }
+    }
+
     /// What the page shows as "backend".
     pub fn describe(&self) -> String {
         match self {
-            Self::WebGpu { adapter, .. } => {
+            Self::WebGpu { adapter, .. } | Self::WebGpuF16 { adapter, .. } => {
                 // Browsers often leave wgpu's adapter name empty; the page adds
                 // `GPUAdapter.info` then.
                 let on = if adapter.name.is_empty() {
@@ -141,6 +210,7 @@ impl Engine {
     pub fn config(&self) -> &ModernBertConfig {
         match self {
             Self::WebGpu { session, .. } => session.config(),
+            Self::WebGpuF16 { session, .. } => session.config(),
             Self::Cpu(session) => session.config(),
         }
     }
@@ -152,6 +222,7 @@ impl Engine {
     pub fn count_tokens(&self, text: &str) -> Result<usize, DemoError> {
         match self {
             Self::WebGpu { session, .. } => session.encode(text),
+            Self::WebGpuF16 { session, .. } => session.encode(text),
             Self::Cpu(session) => session.encode(text),
         }
         .map(|ids| ids.len())
@@ -168,6 +239,7 @@ impl Engine {
     ) -> Result<Vec<Vec<Prediction>>, DemoError> {
         match self {
             Self::WebGpu { session, .. } => session.fill_mask(text, top_k).await,
+            Self::WebGpuF16 { session, .. } => session.fill_mask(text, top_k).await,
             Self::Cpu(session) => session.fill_mask(text, top_k).await,
         }
     }
@@ -179,6 +251,7 @@ impl Engine {
     pub async fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, DemoError> {
         match self {
             Self::WebGpu { session, .. } => session.embed(texts).await,
+            Self::WebGpuF16 { session, .. } => session.embed(texts).await,
             Self::Cpu(session) => session.embed(texts).await,
         }
     }

@@ -23,14 +23,16 @@ pub enum DemoError {
     NoMaskToken,
     /// A weight matrix is larger than one storage buffer of the WebGPU adapter.
     #[error(
-        "the model does not fit this WebGPU adapter: `{tensor}` needs {bytes} bytes in one \
-         buffer, the adapter's maxStorageBufferBindingSize is {limit} bytes \
+        "the model does not fit this WebGPU adapter: `{tensor}` needs {bytes} bytes ({dtype}) \
+         in one buffer, the adapter's maxStorageBufferBindingSize is {limit} bytes \
          (use the CPU backend, or a smaller model)"
     )]
     BufferLimit {
         /// The HF key of the tensor.
         tensor: String,
-        /// Its size in f32.
+        /// The dtype it would be held in.
+        dtype: &'static str,
+        /// Its size in that dtype.
         bytes: u64,
         /// `maxStorageBufferBindingSize`.
         limit: u64,

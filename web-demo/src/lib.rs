@@ -75,6 +75,12 @@ impl Demo {
         self.engine.describe()
     }
 
+    /// `"f16"` or `"f32"`: the float type of weights and activations (f16 on a WebGPU
+    /// adapter with `shader-f16`).
+    pub fn dtype(&self) -> String {
+        self.engine.dtype().name().to_string()
+    }
+
     /// The architecture in one line (layers, hidden size, heads, vocabulary).
     pub fn summary(&self) -> String {
         let c = self.engine.config();

@@ -77,6 +77,11 @@ async function load(getFiles) {
       files["model.safetensors"], files["tokenizer.json"]);
     const seconds = ((performance.now() - started) / 1000).toFixed(2);
     $("adapter").textContent = demo.backend() + note;
+    // f16 where the WebGPU adapter has shader-f16 (half the memory), else f32.
+    const dtype = demo.dtype();
+    $("dtype").dataset.dtype = dtype;
+    $("dtype").textContent = backend === "cpu" ? dtype
+      : `${dtype} (the adapter ${dtype === "f16" ? "has" : "has no"} shader-f16)`;
     $("summary").textContent = demo.summary();
     $("info").hidden = false;
     const compiles = backend === "webgpu" ? " The first inference also compiles the WebGPU kernels." : "";
