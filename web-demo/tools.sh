@@ -25,7 +25,7 @@ if [[ ! -d "$(rustc --print sysroot)/lib/rustlib/wasm32-unknown-unknown" ]]; the
   missing+=("the wasm32-unknown-unknown Rust target|rustup target add wasm32-unknown-unknown")
 fi
 if [[ "$(wasm-bindgen --version 2>/dev/null)" != "wasm-bindgen $wasm_bindgen" ]]; then
-  missing+=("wasm-bindgen-cli $wasm_bindgen (have: $(wasm-bindgen --version 2>/dev/null || echo none))|cargo install wasm-bindgen-cli --version $wasm_bindgen --locked")
+  missing+=("wasm-bindgen-cli $wasm_bindgen (have: $(wasm-bindgen --version 2>/dev/null || echo none))|cargo install wasm-bindgen-cli --version $wasm_bindgen --locked --force")
 fi
 if [[ "$mode" != --build ]]; then
   if [[ ! -x /usr/bin/chromium ]]; then
