@@ -88,11 +88,13 @@ if [ -d .gl ] && [ -z "${VK_DRIVER_FILES:-}" ]; then
   for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig
   icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json; [ -f $icd ] && export VK_DRIVER_FILES=$icd
 fi
-# Tuning (tensor-core attention with 8 planes per cube) and the GEMM benchmark again with
-# this build (our crates at opt-level 2).
+# The GEMM benchmark again with this build (our crates at opt-level 2). With
+# CMMA_PLANES_TUNING=1 first the tensor-core attention forward with 8 planes per cube.
+if [ -n "${CMMA_PLANES_TUNING:-}" ]; then
 MODERNBERT_CMMA_PLANES=8 step cuda_attention_kernel_8planes "$BIN/attention_kernel" --nocapture --test-threads 1 cuda
 echo "=== attention forward, 8 planes per cube" | tee -a "$OUT/summary.txt"
 MODERNBERT_CMMA_PLANES=8 "$BIN/attention-bench" --backend cuda --dtype bf16 2>&1 | tee "$OUT/bench_attention_8planes.md" | tee -a "$OUT/summary.txt"
+fi
 echo "=== GEMM benchmark (ours and Burn's, then torch.matmul)" | tee -a "$OUT/summary.txt"
 "$BIN/gemm-bench" --backend cuda --seconds 0.2 --json "$OUT/gemm.jsonl" > "$OUT/bench_gemm_ours.md" 2>&1
 python3 scripts/bench_gemm_torch.py --ours "$OUT/gemm.jsonl" 2>&1 | tee "$OUT/bench_gemm.md" | tee -a "$OUT/summary.txt"
@@ -105,7 +107,7 @@ BENCH_DOCS="--docs 1024 --long-docs 64 --max-batch-tokens 32768"
 step bench_infer_cuda timeout 240 "$BIN/modernbert" bench --backend cuda --dtype bf16 $BENCH_DOCS --json "$OUT/bench_infer_cuda.json"
 cat "$OUT/bench_infer_cuda.log" | tee "$OUT/bench_infer.md" | tee -a "$OUT/summary.txt"
 timeout 180 python3 scripts/bench_infer_torch.py --lengths "$OUT/bench_lengths.json" --ours "$OUT/bench_infer_cuda.json" 2>&1 | tee -a "$OUT/bench_infer.md" | tee -a "$OUT/summary.txt"
-if [ -n "${VK_DRIVER_FILES:-}" ]; then
+if [ -n "${VK_DRIVER_FILES:-}" ] && [ -z "${SKIP_WGPU_BENCH:-}" ]; then
   step bench_infer_wgpu timeout 120 "$BIN/modernbert" bench --backend wgpu --dtype f16 --models base --docs 256 --long-docs 8 --max-batch-tokens 32768
   cat "$OUT/bench_infer_wgpu.log" | tee -a "$OUT/bench_infer.md" | tee -a "$OUT/summary.txt"
 fi
