@@ -21,8 +21,10 @@ BIN=/tmp/bin
 export MODERNBERT_FIXTURES=$PWD/tests/fixtures MODERNBERT_PYTHON=python3 RUST_BACKTRACE=1
 status=0
 pack_logs() { # the device returns only a few files: keep the summary and tables, pack the rest
-  (cd "$OUT" && tar -czf logs.tar.gz --exclude=logs.tar.gz --exclude=summary.txt --exclude='bench_*.md' . \
-    && find . -maxdepth 1 -type f ! -name logs.tar.gz ! -name summary.txt ! -name 'bench_*.md' -delete)
+  # (the archive is written outside $OUT first: tar fails on a directory that changes under it)
+  (cd "$OUT" && tar -czf /tmp/gpu-check-logs.tar.gz --exclude=summary.txt --exclude='bench_*.md' . \
+    && find . -maxdepth 1 -type f ! -name summary.txt ! -name 'bench_*.md' -delete \
+    && mv /tmp/gpu-check-logs.tar.gz logs.tar.gz)
 }
 step() { # name, command...
   local name=$1; shift

@@ -297,7 +297,9 @@ mod cuda {
                 .collect();
             let reference: Vec<f64> = x_values.iter().map(|&v| v as f64).collect();
             let error = relative_error(&values(x.clone()), &reference);
-            assert!(error < 1e-5, "step {step}: relative error {error:.2e}");
+            // f32 rounding differences (device vs host tanh, summation order) compound
+            // over the steps (1.0e-5 seen at step 18); a stale operand is off by O(0.1).
+            assert!(error < 1e-4, "step {step}: relative error {error:.2e}");
         }
     }
 
