@@ -455,6 +455,7 @@ impl DeviceState {
     ///
     /// Each candidate is timed in [`TIMING_ROUNDS`] interleaved rounds and keeps its best
     /// round, so that one slow moment (clocks ramping up, another process) does not decide.
+    /// `MODERNBERT_CUBLASLT_LOG=1` prints the timings and the choice per size class.
     ///
     /// # Safety
     /// As for [`Self::matmul`]; our stream must already wait for the operands.
@@ -499,10 +500,56 @@ impl DeviceState {
                 .min_by(|&i, &j| best_ms[i].total_cmp(&best_ms[j]))
                 .expect("at least two candidates");
             plan.algo = candidates[fastest];
+            if log_choices() {
+                let timings: Vec<String> = best_ms
+                    .iter()
+                    .zip(&candidates)
+                    .map(|(ms, algo)| format!("{} {ms:.4}", describe(algo)))
+                    .collect();
+                eprintln!(
+                    "cuBLASLt {class:?}: chose #{fastest} of [{}] (ms per {TIMED_RUNS} runs)",
+                    timings.join(", ")
+                );
+            }
         }
         self.fastest.insert(class, plan.algo);
         Ok(plan)
     }
+}
+
+/// Whether `MODERNBERT_CUBLASLT_LOG=1` asks for each size class's candidate timings on
+/// stderr (for tuning runs of the benchmark).
+fn log_choices() -> bool {
+    static LOG: OnceLock<bool> = OnceLock::new();
+    *LOG.get_or_init(|| std::env::var("MODERNBERT_CUBLASLT_LOG").is_ok_and(|v| v == "1"))
+}
+
+/// An algorithm as `id/tile/stages/split-k` (cuBLASLt's configuration attributes).
+fn describe(algo: &lt_sys::cublasLtMatmulAlgo_t) -> String {
+    use lt_sys::cublasLtMatmulAlgoConfigAttributes_t as Attr;
+    let attribute = |attr: Attr| {
+        let mut value = 0u32;
+        let mut written = 0usize;
+        // SAFETY: reads one 4-byte attribute of a live algorithm descriptor.
+        let status = unsafe {
+            lt_sys::cublasLtMatmulAlgoConfigGetAttribute(
+                algo,
+                attr,
+                &mut value as *mut u32 as *mut c_void,
+                std::mem::size_of::<u32>(),
+                &mut written,
+            )
+        };
+        (status == lt_sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS).then_some(value)
+    };
+    let [id, tile, stages, split_k] = [
+        Attr::CUBLASLT_ALGO_CONFIG_ID,
+        Attr::CUBLASLT_ALGO_CONFIG_TILE_ID,
+        Attr::CUBLASLT_ALGO_CONFIG_STAGES_ID,
+        Attr::CUBLASLT_ALGO_CONFIG_SPLITK_NUM,
+    ]
+    .map(|attr| attribute(attr).map_or("?".to_string(), |v| v.to_string()));
+    format!("{id}/{tile}/{stages}/{split_k}")
 }
 
 /// The descriptors of one problem and the algorithm that runs it.

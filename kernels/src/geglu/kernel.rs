@@ -67,10 +67,10 @@ fn geglu_backward_kernel<F: Float, N: Size>(
 
 /// The widest vector (in elements) that divides `half` and the device allows.
 fn vector_size<R: CubeRuntime>(client: &ComputeClient<R>, half: usize) -> usize {
-    let max = client.properties().hardware.max_vector_size as usize;
+    let max = client.properties().hardware.max_vector_size;
     [8, 4, 2, 1]
         .into_iter()
-        .find(|&v| v <= max && half % v == 0)
+        .find(|&v| v <= max && half.is_multiple_of(v))
         .unwrap_or(1)
 }
 

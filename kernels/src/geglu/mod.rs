@@ -32,7 +32,7 @@ pub enum GegluError {
 pub fn geglu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Result<Tensor<B, D>, GegluError> {
     let mut dims = x.dims();
     let width = dims[D - 1];
-    if width % 2 != 0 {
+    if !width.is_multiple_of(2) {
         return Err(GegluError::OddWidth(width));
     }
     let rows = x.shape().num_elements() / width.max(1);
