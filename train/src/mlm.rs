@@ -122,6 +122,11 @@ mod tests {
     use burn::tensor::backend::Backend as _;
     use modernbert::{LayerType, ModernBertInput};
 
+    /// NdArray's RNG is process-wide and tests run on parallel threads: the tests here that
+    /// draw from it (parameter init, dropout masks) hold this lock, so that a seeded sequence
+    /// is never interleaved with another test's draws.
+    static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     fn config(dropout: f64) -> ModernBertConfig {
         ModernBertConfig::base()
             .with_vocab_size(64)
@@ -157,6 +162,7 @@ mod tests {
 
     #[test]
     fn sparse_prediction_equals_the_loss_over_full_logits() {
+        let _rng = RNG.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         type B = NdArray;
         let device = Default::default();
         let config = config(0.0);
@@ -198,6 +204,7 @@ mod tests {
 
     #[test]
     fn attention_output_dropout_is_active_in_training_only() {
+        let _rng = RNG.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         type B = Autodiff<NdArray>;
         let device = Default::default();
         let config = config(0.5);
