@@ -1,8 +1,9 @@
 """torch on the problems `gemm-bench --json FILE` measured, in the same device call: torch.matmul
 for the plain products, torch.addmm for the epilogues (`X·W+R`: beta = 1 with the residual,
-`X·W+b`: the bias), `gelu(a) * b` for GeGLU; prints one table with ours, Burn's (for the
-epilogues: our matmul then Burn's add; for GeGLU: Burn's ops), PyTorch's, and the ratio
-ours / PyTorch (TFLOP/s, or GB/s for GeGLU).
+`X·W+b`: the bias), `gelu(a) * b` for GeGLU, `F.layer_norm` (no bias) for LayerNorm; prints
+one table with ours, Burn's (for the epilogues: our matmul then Burn's add; for GeGLU: Burn's
+ops; for LayerNorm: Burn's `LayerNorm`), PyTorch's, and the ratio ours / PyTorch (TFLOP/s, or
+GB/s for GeGLU and LayerNorm).
 
     gemm-bench --backend cuda --json /tmp/gemm.jsonl
     python3 scripts/bench_gemm_torch.py --ours /tmp/gemm.jsonl
@@ -33,13 +34,17 @@ def timed(run, min_seconds=0.3):
 
 
 def throughput(m, k, n, product, dtype):
-    """TFLOP/s of the product, or GB/s for GeGLU."""
+    """TFLOP/s of the product, or GB/s for GeGLU and LayerNorm."""
     g = torch.Generator(device="cuda").manual_seed(0)
     rand = lambda *shape: torch.randn(*shape, device="cuda", dtype=dtype, generator=g)
     if product == "geglu":
         x = rand(m, 2 * n)
         seconds = timed(lambda: torch.nn.functional.gelu(x[:, :n]) * x[:, n:])
         return m * 3 * n * x.element_size() / seconds / 1e9
+    if product == "layer_norm":
+        x, weight = rand(m, n), rand(n)
+        seconds = timed(lambda: torch.nn.functional.layer_norm(x, (n,), weight, None, 1e-5))
+        return m * 2 * n * x.element_size() / seconds / 1e9
     # The same layouts as ours: for X·W, W is stored [k, n] = [d_in, d_out]; for dY·Wᵀ that
     # same W is [n, k], read transposed; for Xᵀ·dY, X is stored [k, m] = [tokens, d_in].
     if product == "dY·Wᵀ":
@@ -74,7 +79,7 @@ def main():
     worst = {}
     for r in rows:
         theirs = throughput(r["m"], r["k"], r["n"], r["product"], dtypes[r["dtype"]])
-        unit = "gbps" if r["product"] == "geglu" else "tflops"
+        unit = "gbps" if r["product"] in ("geglu", "layer_norm") else "tflops"
         ours, burns = r[f"ours_{unit}"], r[f"burn_{unit}"]
         ratio = ours / theirs
         kind = {"X·W": "forward", "dY·Wᵀ": "backward", "Xᵀ·dY": "backward"}.get(r["product"], r["product"])
@@ -85,7 +90,7 @@ def main():
             f"| {ours:.0f} | {burns:.0f} | {theirs:.0f} | {ratio:.2f} |"
         )
     print("worst ratio ours / torch: " + ", ".join(f"{k} {v:.2f}" for k, v in worst.items()))
-    print("(TFLOP/s; GeGLU rows in GB/s)")
+    print("(TFLOP/s; GeGLU and LayerNorm rows in GB/s)")
 
 
 if __name__ == "__main__":

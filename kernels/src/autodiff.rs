@@ -5,6 +5,9 @@
 //! - fused linear: a residual folded into the product passes the output gradient through;
 //!   the bias is left to autodiff's own add.
 //! - GeGLU: the backward is [`Backend::geglu_backward`], the exact gradient.
+//! - LayerNorm: the forward saves x, γ and the per-row mean and rstd it returns; the
+//!   backward is [`Backend::layer_norm_backward`] (dx, dγ and, with a bias, dβ). The op has
+//!   two parents without β and three with it.
 //! - varlen attention: the forward runs the inner backend's kernel and saves only its
 //!   inputs, `out`, `lse` and `cu_seqlens`; the backward calls
 //!   [`Backend::varlen_attention_backward`] (our backward kernels on CubeCL backends, the
@@ -67,6 +70,53 @@ impl<B: Backend> Backward<B, 3> for VarlenAttention {
             if let Some(node) = parent {
                 grads.register::<B>(node.id, grad);
             }
+        }
+    }
+}
+
+/// What the LayerNorm backward needs: the forward's input, weight and statistics.
+#[derive(Debug, Clone)]
+struct SavedLayerNorm<B: Backend> {
+    x: FloatTensor<B>,
+    gamma: FloatTensor<B>,
+    mean: FloatTensor<B>,
+    rstd: FloatTensor<B>,
+}
+
+/// LayerNorm with parents `[x, γ]` (`P = 2`) or `[x, γ, β]` (`P = 3`).
+#[derive(Debug)]
+struct LayerNorm;
+
+impl<B: Backend, const P: usize> Backward<B, P> for LayerNorm {
+    type State = SavedLayerNorm<B>;
+
+    fn backward(self, ops: Ops<Self::State, P>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = grads.consume::<B>(&ops.node);
+        let saved = ops.state;
+        let (d_x, d_gamma, d_beta) =
+            B::layer_norm_backward(saved.x, saved.gamma, saved.mean, saved.rstd, grad, P == 3);
+        for (parent, grad) in ops
+            .parents
+            .into_iter()
+            .zip([Some(d_x), Some(d_gamma), d_beta])
+        {
+            if let (Some(node), Some(grad)) = (parent, grad) {
+                grads.register::<B>(node.id, grad);
+            }
+        }
+    }
+}
+
+impl LayerNorm {
+    /// Records the op (prepared with its parents) on the output `y`.
+    fn finish<B: Backend, C: CheckpointStrategy, const P: usize>(
+        kind: OpsKind<Self, B, SavedLayerNorm<B>, C, P>,
+        saved: SavedLayerNorm<B>,
+        y: FloatTensor<B>,
+    ) -> FloatTensor<Autodiff<B, C>> {
+        match kind {
+            OpsKind::Tracked(prep) => prep.finish(saved, y),
+            OpsKind::UnTracked(prep) => prep.finish(y),
         }
     }
 }
@@ -235,6 +285,43 @@ impl<B: Backend, C: CheckpointStrategy> Backend for Autodiff<B, C> {
             }
             OpsKind::UnTracked(prep) => prep.finish(B::geglu(x.primitive)),
         }
+    }
+
+    fn layer_norm_forward(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: Option<FloatTensor<Self>>,
+        epsilon: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let (y, mean, rstd) = B::layer_norm_forward(
+            x.primitive.clone(),
+            gamma.primitive.clone(),
+            beta.as_ref().map(|b| b.primitive.clone()),
+            epsilon,
+        );
+        let untracked = |t: FloatTensor<B>| <Self as AutodiffBackend>::from_inner(t);
+        let (untracked_mean, untracked_rstd) = (untracked(mean.clone()), untracked(rstd.clone()));
+        let saved = SavedLayerNorm {
+            x: x.primitive,
+            gamma: gamma.primitive,
+            mean,
+            rstd,
+        };
+        let y = match beta {
+            Some(beta) => {
+                let nodes = [x.node, gamma.node, beta.node];
+                let kind = LayerNorm.prepare::<C>(nodes).compute_bound().stateful();
+                LayerNorm::finish(kind, saved, y)
+            }
+            None => {
+                let kind = LayerNorm
+                    .prepare::<C>([x.node, gamma.node])
+                    .compute_bound()
+                    .stateful();
+                LayerNorm::finish(kind, saved, y)
+            }
+        };
+        (y, untracked_mean, untracked_rstd)
     }
 
     fn varlen_attention(

@@ -84,6 +84,39 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> Backend
         crate::geglu::kernel::geglu_backward(x, grad)
     }
 
+    fn layer_norm_forward(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: Option<FloatTensor<Self>>,
+        epsilon: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        crate::layer_norm::kernel::layer_norm(x, gamma, beta, epsilon)
+    }
+
+    fn layer_norm_backward(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        rstd: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        has_beta: bool,
+    ) -> (
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        Option<FloatTensor<Self>>,
+    ) {
+        let gamma_dtype = gamma.dtype;
+        let (d_x, d_gamma, d_beta) =
+            crate::layer_norm::kernel::layer_norm_backward(x, gamma, mean, rstd, grad, has_beta);
+        // The kernel's f32 partial sums `[slices, W]`, summed over the slices.
+        let column_sum = |partial: FloatTensor<Self>| {
+            let width = partial.meta.shape()[1];
+            let sum = Self::float_reshape(Self::float_sum_dim(partial, 0), [width].into());
+            Self::float_cast(sum, gamma_dtype.into())
+        };
+        (d_x, column_sum(d_gamma), d_beta.map(column_sum))
+    }
+
     fn varlen_attention(
         q: FloatTensor<Self>,
         k: FloatTensor<Self>,

@@ -2,7 +2,7 @@
 //! backends run better (or more exactly) than Burn's generic ops.
 //!
 //! Model code calls the free functions here ([`matmul`], [`linear`], [`linear_residual`],
-//! [`geglu()`], [`varlen_attention`]); each backend picks its implementation through
+//! [`geglu()`], [`layer_norm()`], [`varlen_attention`]); each backend picks its implementation through
 //! [`Backend`]. Backends without a specialised kernel use the default methods, which are
 //! plain Burn ops.
 
@@ -21,6 +21,7 @@ mod cublaslt;
 pub mod geglu;
 #[cfg(any(feature = "cuda", test))]
 mod gemm_layout;
+pub mod layer_norm;
 
 #[cfg(feature = "cuda")]
 pub use cublaslt::status as cublaslt_status;
@@ -30,6 +31,7 @@ pub use attention::{
     KernelPath, VarlenAttentionOptions, VarlenAttentionOutput, VarlenMeta,
 };
 pub use geglu::{geglu, GegluError};
+pub use layer_norm::{layer_norm, LayerNormError};
 
 /// A Burn backend with modernbert's extension operations.
 pub trait Backend: burn::tensor::backend::Backend {
@@ -82,6 +84,69 @@ pub trait Backend: burn::tensor::backend::Backend {
         geglu::geglu_backward_reference(wrap(x), wrap(grad))
             .into_primitive()
             .tensor()
+    }
+
+    /// LayerNorm over the last dimension of `x` (see [`layer_norm()`], which validates the
+    /// arguments); returns `(y, mean, rstd)`, the per-row mean and `1 / sqrt(var + ε)` that
+    /// [`Backend::layer_norm_backward`] takes back (f32 from the kernels; x's dtype widened
+    /// to at least f32 in the default, the exact reference in plain tensor ops).
+    ///
+    /// # Shapes
+    /// - x: `[rows, W]`, gamma: `[W]`, beta: `[W]`
+    /// - output: y `[rows, W]`, mean `[rows]`, rstd `[rows]`
+    fn layer_norm_forward(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: Option<FloatTensor<Self>>,
+        epsilon: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let float = |t| Tensor::<Self, 1>::from_primitive(TensorPrimitive::Float(t));
+        let x = Tensor::<Self, 2>::from_primitive(TensorPrimitive::Float(x));
+        let (y, mean, rstd) =
+            layer_norm::layer_norm_reference(x, float(gamma), beta.map(float), epsilon);
+        let (mean, rstd) = (
+            mean.into_primitive().tensor(),
+            rstd.into_primitive().tensor(),
+        );
+        (y.into_primitive().tensor(), mean, rstd)
+    }
+
+    /// Gradients of [`Backend::layer_norm_forward`] from the output gradient `grad` and the
+    /// forward's statistics: `(dx, dγ, dβ)`, dβ only when `has_beta`. The default is the
+    /// exact reference in plain tensor ops
+    /// ([`layer_norm::layer_norm_backward_reference`], which gives the formulas).
+    ///
+    /// # Shapes
+    /// - x, grad: `[rows, W]`, gamma: `[W]`, mean, rstd: `[rows]`
+    /// - output: dx `[rows, W]`, dγ `[W]`, dβ `[W]`
+    fn layer_norm_backward(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        rstd: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        has_beta: bool,
+    ) -> (
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        Option<FloatTensor<Self>>,
+    ) {
+        let rows = |t| Tensor::<Self, 2>::from_primitive(TensorPrimitive::Float(t));
+        let vector = |t| Tensor::<Self, 1>::from_primitive(TensorPrimitive::Float(t));
+        let (d_x, d_gamma, d_beta) = layer_norm::layer_norm_backward_reference(
+            rows(x),
+            vector(gamma),
+            vector(mean),
+            vector(rstd),
+            rows(grad),
+            has_beta,
+        );
+        let float = |t: Tensor<Self, 1>| t.into_primitive().tensor();
+        (
+            d_x.into_primitive().tensor(),
+            float(d_gamma),
+            d_beta.map(float),
+        )
     }
 
     /// Flash attention over packed sequences (see [`varlen_attention`], which validates the
@@ -238,7 +303,7 @@ fn fused_linear<B: Backend, const D: usize>(
     Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(y)).reshape(dims)
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "ndarray"))]
 mod tests {
     use super::*;
     use burn::backend::NdArray;

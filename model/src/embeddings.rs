@@ -8,6 +8,9 @@ use burn::module::{Initializer, Module};
 use burn::nn::{Dropout, DropoutConfig, Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor};
+use modernbert_kernels::Backend as KernelBackend;
+
+use crate::norm::layer_norm;
 
 /// Configuration of [`ModernBertEmbeddings`]; made by
 /// [`ModernBertConfig::embeddings`](crate::ModernBertConfig::embeddings).
@@ -34,6 +37,8 @@ pub struct ModernBertEmbeddings<B: Backend> {
     pub tok_embeddings: Embedding<B>,
     /// LayerNorm over the hidden size.
     pub norm: LayerNorm<B>,
+    /// The norm's epsilon (Burn's `LayerNorm` keeps its own private).
+    pub norm_eps: f64,
     /// Embedding dropout (training only).
     pub drop: Dropout,
 }
@@ -52,17 +57,19 @@ impl ModernBertEmbeddingsConfig {
                 .with_epsilon(self.norm_eps)
                 .with_bias(self.norm_bias)
                 .init(device),
+            norm_eps: self.norm_eps,
             drop: DropoutConfig::new(self.dropout).init(),
         }
     }
 }
 
-impl<B: Backend> ModernBertEmbeddings<B> {
+impl<B: KernelBackend> ModernBertEmbeddings<B> {
     /// # Shapes
     /// - input_ids: `[batch, seq]`
     /// - output: `[batch, seq, hidden_size]`
     pub fn forward(&self, input_ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        let embedded = self.tok_embeddings.forward(input_ids);
         self.drop
-            .forward(self.norm.forward(self.tok_embeddings.forward(input_ids)))
+            .forward(layer_norm(&self.norm, self.norm_eps, embedded))
     }
 }

@@ -17,6 +17,7 @@ use modernbert_kernels::{linear, linear_weight, Backend as KernelBackend};
 use crate::config::{ModernBertConfig, Pooling};
 use crate::error::InputError;
 use crate::model::{ModernBertInput, ModernBertModel};
+use crate::norm::layer_norm;
 
 /// Configuration of [`ModernBertPredictionHead`]; made by
 /// [`ModernBertConfig::prediction_head`].
@@ -41,6 +42,8 @@ pub struct ModernBertPredictionHead<B: Backend> {
     pub dense: Linear<B>,
     /// LayerNorm over H.
     pub norm: LayerNorm<B>,
+    /// The norm's epsilon (Burn's `LayerNorm` keeps its own private).
+    pub norm_eps: f64,
 }
 
 impl ModernBertPredictionHeadConfig {
@@ -58,6 +61,7 @@ impl ModernBertPredictionHeadConfig {
                 .with_epsilon(self.norm_eps)
                 .with_bias(self.norm_bias)
                 .init(device),
+            norm_eps: self.norm_eps,
         }
     }
 }
@@ -67,7 +71,7 @@ impl<B: KernelBackend> ModernBertPredictionHead<B> {
     /// - x: `[..., H]`
     /// - output: `[..., H]`
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        self.norm.forward(gelu(linear(&self.dense, x)))
+        layer_norm(&self.norm, self.norm_eps, gelu(linear(&self.dense, x)))
     }
 }
 

@@ -15,6 +15,7 @@ use modernbert_kernels::Backend as KernelBackend;
 use crate::attention::{AttentionBatch, ModernBertAttention, ModernBertAttentionConfig};
 use crate::config::LayerType;
 use crate::mlp::{ModernBertMlp, ModernBertMlpConfig};
+use crate::norm::layer_norm;
 
 /// Configuration of [`ModernBertEncoderLayer`]; made by
 /// [`ModernBertConfig::layer`](crate::ModernBertConfig::layer).
@@ -47,6 +48,8 @@ pub struct ModernBertEncoderLayer<B: Backend> {
     pub mlp_norm: LayerNorm<B>,
     /// GeGLU MLP.
     pub mlp: ModernBertMlp<B>,
+    /// Epsilon of both norms (Burn's `LayerNorm` keeps its own private).
+    pub norm_eps: f64,
     /// Global or sliding-window attention.
     pub layer_type: LayerType,
 }
@@ -65,6 +68,7 @@ impl ModernBertEncoderLayerConfig {
             attn: self.attention.init(device),
             mlp_norm: norm(),
             mlp: self.mlp.init(device),
+            norm_eps: self.norm_eps,
             layer_type: self.layer_type,
         }
     }
@@ -79,11 +83,11 @@ impl<B: KernelBackend> ModernBertEncoderLayer<B> {
     /// - output: same as hidden
     pub fn forward(&self, hidden: Tensor<B, 3>, batch: AttentionBatch<'_, B>) -> Tensor<B, 3> {
         let normed = match &self.attn_norm {
-            Some(norm) => norm.forward(hidden.clone()),
+            Some(norm) => layer_norm(norm, self.norm_eps, hidden.clone()),
             None => hidden.clone(),
         };
         let hidden = self.attn.forward(normed, batch, hidden);
-        self.mlp
-            .forward(self.mlp_norm.forward(hidden.clone()), hidden)
+        let normed = layer_norm(&self.mlp_norm, self.norm_eps, hidden.clone());
+        self.mlp.forward(normed, hidden)
     }
 }

@@ -25,6 +25,7 @@ pub mod heads;
 pub mod layer;
 pub mod mlp;
 pub mod model;
+mod norm;
 mod residual;
 pub mod rope;
 pub mod tokenizer;

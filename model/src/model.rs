@@ -16,6 +16,7 @@ use crate::embeddings::{ModernBertEmbeddings, ModernBertEmbeddingsConfig};
 use crate::error::InputError;
 use crate::layer::{ModernBertEncoderLayer, ModernBertEncoderLayerConfig};
 use crate::mlp::ModernBertMlpConfig;
+use crate::norm::layer_norm;
 use crate::rope::{RotaryEmbedding, RotaryEmbeddingConfig};
 use crate::unpad::{check_token_ids, UnpaddedInput};
 
@@ -332,6 +333,6 @@ impl<B: KernelBackend> ModernBertModel<B> {
         for layer in &self.layers {
             hidden = layer.forward(hidden, batch(layer.layer_type));
         }
-        self.final_norm.forward(hidden)
+        layer_norm(&self.final_norm, self.config.norm_eps, hidden)
     }
 }

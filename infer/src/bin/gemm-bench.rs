@@ -5,7 +5,8 @@
 //! epilogues: a residual add (`X·W + R`, the attention and MLP outputs) and a bias (`X·W + b`,
 //! the MLM decoder over 30% of the tokens), fused by `Backend::fused_linear` vs our matmul
 //! followed by Burn's add; and GeGLU (`gelu(input)·gate` of base's `Wi` output) as our one
-//! kernel vs Burn's ops, in GB/s moved.
+//! kernel vs Burn's ops, and LayerNorm (no bias, over base's hidden size) as our kernel vs
+//! Burn's `LayerNorm`, in GB/s moved.
 //! `scripts/bench_gemm_torch.py --ours FILE` times torch on the same problems
 //! (`torch.matmul`, `torch.addmm`, `gelu(a)·b`) and prints both with the ratio.
 
@@ -242,6 +243,35 @@ fn bench<B: Backend>(args: &Args, device: B::Device) -> Result<()> {
         json.push(serde_json::json!({
             "model": "base", "layer": "mlp", "product": "geglu",
             "m": rows, "k": 0, "n": half, "dtype": format!("{dtype:?}").to_lowercase(),
+            "ours_gbps": ours, "burn_gbps": burns,
+        }));
+    }
+    println!();
+    println!("| LayerNorm rows × H | dtype | ours GB/s | Burn's LayerNorm GB/s |");
+    println!("|---|---|---|---|");
+    for dtype in [DType::BF16, DType::F16] {
+        let (rows, width) = (t, 768);
+        let x = Tensor::<B, 2>::random([rows, width], Distribution::Default, &device).cast(dtype);
+        let gamma = Tensor::<B, 1>::random([width], Distribution::Default, &device).cast(dtype);
+        let float = |x: &Tensor<B, 2>, gamma: &Tensor<B, 1>| {
+            let x = x.clone().into_primitive().tensor();
+            (x, gamma.clone().into_primitive().tensor())
+        };
+        let ours = time::<B>(&device, args.seconds, || {
+            let (x, gamma) = float(&x, &gamma);
+            let _ = B::layer_norm_forward(x, gamma, None, 1e-5);
+        })?;
+        let burns = time::<B>(&device, args.seconds, || {
+            let (x, gamma) = float(&x, &gamma);
+            let _ = B::layer_norm(x, gamma, None, 1e-5);
+        })?;
+        // Read and write H per row, 2 bytes each.
+        let bytes = (rows * 2 * width * 2) as f64;
+        let (ours, burns) = (bytes / ours / 1e9, bytes / burns / 1e9);
+        println!("| {rows} × {width} | {dtype:?} | {ours:.0} | {burns:.0} |");
+        json.push(serde_json::json!({
+            "model": "base", "layer": "norm", "product": "layer_norm",
+            "m": rows, "k": 0, "n": width, "dtype": format!("{dtype:?}").to_lowercase(),
             "ours_gbps": ours, "burn_gbps": burns,
         }));
     }
