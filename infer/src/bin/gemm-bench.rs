@@ -86,20 +86,26 @@ const LAYERS: [Layer; 7] = [
     },
 ];
 
-/// Mean seconds per call of `run`, after warm-up, over at least `min_seconds`.
+/// Calls enqueued between two looks at the clock.
+const GROUP: usize = 20;
+
+/// Mean wall-clock seconds per call of `run` in a sustained loop: after warm-up, calls are
+/// enqueued back to back for at least `min_seconds` with one synchronisation at the end, so
+/// per-call host overhead counts only where it starves the GPU (`bench_gemm_torch.py` times
+/// torch the same way).
 fn time<B: Backend>(device: &B::Device, min_seconds: f64, run: impl Fn()) -> Result<f64> {
     for _ in 0..3 {
         run();
     }
     B::sync(device)?;
     let (start, mut iters) = (Instant::now(), 0usize);
-    while iters < 5 || start.elapsed().as_secs_f64() < min_seconds {
-        for _ in 0..5 {
+    while iters < GROUP || start.elapsed().as_secs_f64() < min_seconds {
+        for _ in 0..GROUP {
             run();
         }
-        iters += 5;
-        B::sync(device)?;
+        iters += GROUP;
     }
+    B::sync(device)?;
     Ok(start.elapsed().as_secs_f64() / iters as f64)
 }
 
