@@ -8,9 +8,10 @@
 #                                       loss falls, checkpoint + resume + HF export work
 #   bash scripts/gpu-train.sh bench     ModernBERT-base, seq 1024, 16 rows/step, Cuda bf16:
 #                                       our tokens/s, then HF transformers' (same call), ratio
-#   TRAIN_MINUTES=9 bash scripts/gpu-check.sh train     (runs gpu-train.sh pretrain)
+#   TRAIN_MINUTES=7 bash scripts/gpu-check.sh train     (runs gpu-train.sh pretrain)
 #                                       the small model (8 layers, hidden 512) from scratch on
-#                                       WikiText-2 (train: test.txt, eval: valid.txt). Runs for
+#                                       WikiText-2 (train: test.txt, eval: valid.txt), planned
+#                                       for PRETRAIN_TARGET_MINUTES (11) by a 1-minute probe. Runs
 #                                       TRAIN_MINUTES this call, then checkpoints; call it again
 #                                       to resume (one device command is limited to 10 min) until
 #                                       it prints "pretrain: DONE" (>= 10 minutes of training in
@@ -61,19 +62,34 @@ bench)
     --ours "$run/metrics.jsonl" 2>&1 | tee "$OUT/bench_train.md" || status=1
   ;;
 pretrain)
-  minutes=${TRAIN_MINUTES:?set TRAIN_MINUTES (minutes of training in this call, at most ~9)}
+  minutes=${TRAIN_MINUTES:?set TRAIN_MINUTES (minutes of training in this call, at most ~8)}
+  target=${PRETRAIN_TARGET_MINUTES:-11} # planned length of the whole run, over several calls
   run=$PWD/target/gpu-train-run; mkdir -p "$run"
-  if [ -d "$run/checkpoints" ]; then resume=(--resume "$run"); else resume=("${common[@]}"
-    --set model.preset=small --set data.max_seq_len=512 --set data.tokenizer_vocab_size=16384
-    --set schedule.total_steps=4000 --set schedule.warmup_steps=200 --set schedule.decay_steps=800
-    --set schedule.batch_rows=32 --set schedule.micro_batch_rows=32 --set optimizer.lr=1e-3
-    --set run.eval_every=100 --set run.checkpoint_every=200 --set data.eval_rows=64); fi
+  small=("${common[@]}" --set model.preset=small --set data.max_seq_len=512
+    --set data.tokenizer_vocab_size=16384 --set schedule.batch_rows=32
+    --set schedule.micro_batch_rows=32 --set optimizer.lr=1e-3 --set run.eval_every=100
+    --set run.checkpoint_every=200 --set data.eval_rows=64)
+  if [ -d "$run/checkpoints" ]; then resume=(--resume "$run"); else
+    # The schedule is fixed when the run starts, and a resumed run keeps it, so the step count
+    # that fills $target minutes is measured first: a one-minute probe of the same config
+    # (evaluations and checkpoints included), rate taken over its second half.
+    probe=/tmp/train-probe; rm -rf "$probe"
+    "$TRAIN" --backend cuda --dtype bf16 --output-dir "$probe" --max-minutes 1.25 "${small[@]}" \
+      --set schedule.total_steps=1000000 --set schedule.warmup_steps=200 \
+      --set schedule.decay_steps=0 >"$OUT/pretrain_probe.log" 2>&1 || status=1
+    total=$(python3 scripts/pretrain_metrics.py plan "$probe/metrics.jsonl" "$target")
+    echo "probe: $total steps planned for $target minutes" | tee "$OUT/pretrain_plan.txt"
+    echo "$total" >"$run/total_steps"
+    resume=("${small[@]}" --set schedule.total_steps="$total"
+      --set schedule.warmup_steps=$((total / 20)) --set schedule.decay_steps=$((total / 5)))
+  fi
+  total=$(cat "$run/total_steps")
   "$TRAIN" --backend cuda --dtype bf16 --output-dir "$run" --max-minutes "$minutes" "${resume[@]}" \
     >>"$run/train.log" 2>&1 || status=1
   cp "$run/train.log" "$run/metrics.jsonl" "$OUT/" 2>/dev/null
-  grep eval_loss "$run/metrics.jsonl" >"$OUT/bench_pretrain_eval.md" 2>/dev/null # the eval curve
+  python3 scripts/pretrain_metrics.py curve "$run/metrics.jsonl" | tee "$OUT/bench_pretrain_eval.md"
   grep -E "eval loss|done:|time limit|rror" "$run/train.log" | tail -40
-  if grep -q "done: 4000 steps" "$run/train.log"; then
+  if grep -q "done: $total steps" "$run/train.log"; then
     python3 scripts/check_train_export.py "$run/final" /tmp/train-pretrain-case 2>&1 | tee "$OUT/pretrain_export.log" || status=1
     "$BIN/parity" /tmp/train-pretrain-case --backend cuda --tolerance 1e-4 2>&1 | tee -a "$OUT/pretrain_export.log" || status=1
     echo "pretrain: DONE"

@@ -29,7 +29,8 @@ use crate::data::StreamState;
 use crate::rng::Rng;
 
 const FORMAT: &str = "modernbert-train checkpoint";
-const VERSION: u32 = 1;
+/// Version 2: the model record holds each LayerNorm's epsilon beside it (b65e5e1).
+const VERSION: u32 = 2;
 const FILES: [&str; 3] = ["model.bin", "optimizer.bin", "tokenizer.json"];
 
 /// The host-side state of a run at a step boundary.

@@ -364,6 +364,7 @@ where
             "step": step, "loss": loss, "lr": lr, "tokens": tokens, "tokens_seen": tokens_seen,
             "tokens_per_s": tokens_per_s, "rows": micro_batches * s.micro_batch_rows,
             "packing_efficiency": stream.packer().efficiency(),
+            "elapsed_s": invocation.elapsed().as_secs_f64(),
         }))?;
         outcome.steps.push(StepLog {
             step,
