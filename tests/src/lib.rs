@@ -1,6 +1,7 @@
 //! Shared code of the parity tests: reading the HF fixtures of `fixtures/` (made by
 //! `fixtures/generate.py`) and comparing our outputs with HF's.
 
+pub mod compare;
 pub mod random;
 
 use std::path::{Path, PathBuf};

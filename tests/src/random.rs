@@ -1,6 +1,9 @@
 //! A small seeded generator for randomized tests: fresh inputs every run, with the seed
 //! printed so that a failure can be replayed.
 
+use burn::tensor::backend::Backend;
+use burn::tensor::{DType, Tensor, TensorData};
+
 /// xorshift64*, seeded from the clock unless `MODERNBERT_SEED` is set.
 pub struct Rng(u64);
 
@@ -32,4 +35,21 @@ impl Rng {
     pub fn symmetric(&mut self) -> f32 {
         (self.below(1 << 24) as f32 / (1 << 23) as f32) - 1.0
     }
+}
+
+/// A `shape` tensor of `offset + amplitude · u` with `u` uniform in `[-1, 1)` from `rng`,
+/// made in f32 and cast to `dtype`.
+pub fn uniform_tensor<B: Backend, const D: usize>(
+    rng: &mut Rng,
+    device: &B::Device,
+    shape: [usize; D],
+    amplitude: f32,
+    offset: f32,
+    dtype: DType,
+) -> Tensor<B, D> {
+    let n = shape.iter().product();
+    let values: Vec<f32> = (0..n)
+        .map(|_| offset + amplitude * rng.symmetric())
+        .collect();
+    Tensor::<B, D>::from_data(TensorData::new(values, shape), device).cast(dtype)
 }

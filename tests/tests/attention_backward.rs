@@ -19,24 +19,8 @@ use modernbert_kernels::{
     last_backward_kernel_path, varlen_attention, CuSeqlens, KernelPath, VarlenAttentionOptions,
     VarlenMeta,
 };
+use modernbert_tests::compare::relative_error;
 use modernbert_tests::random::Rng;
-
-/// `max |a − b| / max |b|`, refusing non-finite values.
-fn relative_error<B: burn::tensor::backend::Backend, const D: usize>(
-    ours: Tensor<B, D>,
-    reference: Tensor<B, D>,
-) -> f32 {
-    let ours: Vec<f32> = ours.into_data().convert::<f32>().to_vec().unwrap();
-    let reference: Vec<f32> = reference.into_data().convert::<f32>().to_vec().unwrap();
-    assert!(ours.iter().all(|v| v.is_finite()), "non-finite gradient");
-    let diff = ours
-        .iter()
-        .zip(&reference)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
-    let scale = reference.iter().map(|b| b.abs()).fold(0f32, f32::max);
-    diff / scale.max(f32::MIN_POSITIVE)
-}
 
 /// Lengths `1..=max`, always including 1 and `max`.
 fn random_lengths(rng: &mut Rng, max: usize) -> Vec<usize> {

@@ -16,26 +16,8 @@ use modernbert_kernels::{
     last_kernel_path, varlen_attention, AttentionError, CuSeqlens, KernelPath,
     VarlenAttentionOptions, VarlenMeta,
 };
+use modernbert_tests::compare::relative_error;
 use modernbert_tests::random::Rng;
-
-fn max_relative_error<B: Backend, const D: usize>(
-    ours: Tensor<B, D>,
-    reference: Tensor<B, D>,
-) -> f32 {
-    let ours: Vec<f32> = ours.into_data().convert::<f32>().to_vec().unwrap();
-    let reference: Vec<f32> = reference.into_data().convert::<f32>().to_vec().unwrap();
-    assert!(
-        ours.iter().all(|v| v.is_finite()),
-        "non-finite output: a row was not written"
-    );
-    let diff = ours
-        .iter()
-        .zip(&reference)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
-    let scale = reference.iter().map(|b| b.abs()).fold(0f32, f32::max);
-    diff / scale.max(f32::MIN_POSITIVE)
-}
 
 /// Kernel vs reference for one configuration; returns (out error, lse error).
 fn compare<B: Backend>(
@@ -86,8 +68,8 @@ fn compare<B: Backend>(
         start.elapsed()
     );
     (
-        max_relative_error(ours.out.cast(DType::F32), out),
-        max_relative_error(ours.lse, lse),
+        relative_error(ours.out.cast(DType::F32), out),
+        relative_error(ours.lse, lse),
     )
 }
 

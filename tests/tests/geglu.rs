@@ -6,42 +6,18 @@
 //! lavapipe; Cuda (f32, f16, bf16) through `scripts/gpu-check.sh`.
 
 use burn::backend::Autodiff;
-use burn::tensor::{DType, Tensor, TensorData};
+use burn::tensor::{DType, Tensor};
 use modernbert::Backend;
 use modernbert_kernels::geglu::{geglu_backward_reference, geglu_reference};
-use modernbert_tests::random::Rng;
-
-/// `[rows, cols]` random values in about [-4, 4), in `dtype`.
-fn random<B: burn::tensor::backend::Backend>(
-    rng: &mut Rng,
-    device: &B::Device,
-    [rows, cols]: [usize; 2],
-    dtype: DType,
-) -> Tensor<B, 2> {
-    let values: Vec<f32> = (0..rows * cols).map(|_| 4.0 * rng.symmetric()).collect();
-    Tensor::<B, 2>::from_data(TensorData::new(values, [rows, cols]), device).cast(dtype)
-}
-
-/// `max |a - b| / max |b|`, both read back as f32; non-finite values fail.
-fn relative_error<B: burn::tensor::backend::Backend>(a: Tensor<B, 2>, b: Tensor<B, 2>) -> f32 {
-    let read = |t: Tensor<B, 2>| t.cast(DType::F32).into_data().to_vec::<f32>().unwrap();
-    let (a, b) = (read(a), read(b));
-    assert_eq!(a.len(), b.len(), "output size");
-    assert!(a.iter().all(|v| v.is_finite()), "non-finite output");
-    let diff = a
-        .iter()
-        .zip(&b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0f32, f32::max);
-    diff / b.iter().map(|y| y.abs()).fold(f32::MIN_POSITIVE, f32::max)
-}
+use modernbert_tests::compare::relative_error;
+use modernbert_tests::random::{uniform_tensor, Rng};
 
 /// Forward and backward of the kernel vs the reference in `dtype`, within `tolerance`.
 fn check_geglu<B: Backend>(device: &B::Device, dtype: DType, tolerance: f32) {
     let mut rng = Rng::from_env();
     for [rows, half] in [[37, 1152], [1, 6], [19, 5]] {
-        let x = random::<B>(&mut rng, device, [rows, 2 * half], dtype);
-        let grad = random::<B>(&mut rng, device, [rows, half], dtype);
+        let x = uniform_tensor::<B, 2>(&mut rng, device, [rows, 2 * half], 4.0, 0.0, dtype);
+        let grad = uniform_tensor::<B, 2>(&mut rng, device, [rows, half], 4.0, 0.0, dtype);
 
         let out = modernbert_kernels::geglu(x.clone()).unwrap();
         assert_eq!(out.dims(), [rows, half]);

@@ -11,45 +11,13 @@
 use burn::backend::Autodiff;
 use burn::module::Param;
 use burn::nn::LayerNormConfig;
-use burn::tensor::{DType, Tensor, TensorData};
+use burn::tensor::{DType, Tensor};
 use modernbert::Backend;
 use modernbert_kernels::layer_norm::{layer_norm_backward_reference, layer_norm_reference};
-use modernbert_tests::random::Rng;
+use modernbert_tests::compare::relative_error;
+use modernbert_tests::random::{uniform_tensor, Rng};
 
 const EPSILON: f64 = 1e-5;
-
-/// `shape` random values `offset + amplitude · [-1, 1)`, in `dtype`.
-fn random<B: burn::tensor::backend::Backend, const D: usize>(
-    rng: &mut Rng,
-    device: &B::Device,
-    shape: [usize; D],
-    amplitude: f32,
-    offset: f32,
-    dtype: DType,
-) -> Tensor<B, D> {
-    let n = shape.iter().product();
-    let values: Vec<f32> = (0..n)
-        .map(|_| offset + amplitude * rng.symmetric())
-        .collect();
-    Tensor::<B, D>::from_data(TensorData::new(values, shape), device).cast(dtype)
-}
-
-/// `max |a - b| / max |b|`, both read back as f32; non-finite values fail.
-fn relative_error<B: burn::tensor::backend::Backend, const D: usize>(
-    a: Tensor<B, D>,
-    b: Tensor<B, D>,
-) -> f32 {
-    assert_eq!(a.dims(), b.dims(), "shape");
-    let read = |t: Tensor<B, D>| t.cast(DType::F32).into_data().to_vec::<f32>().unwrap();
-    let (a, b) = (read(a), read(b));
-    assert!(a.iter().all(|v| v.is_finite()), "non-finite output");
-    let diff = a
-        .iter()
-        .zip(&b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0f32, f32::max);
-    diff / b.iter().map(|y| y.abs()).fold(f32::MIN_POSITIVE, f32::max)
-}
 
 /// Output and gradients `(y, dx, dγ, dβ)` of one LayerNorm.
 type Results<B> = (
@@ -166,11 +134,11 @@ fn check_layer_norm<B: Backend>(device: &B::Device, dtype: DType, tolerance: f32
     ];
     for [rows, width] in cases {
         for with_beta in [false, true] {
-            let x = random::<B, 2>(&mut rng, device, [rows, width], 3.0, 2.0, dtype);
-            let gamma = random::<B, 1>(&mut rng, device, [width], 0.5, 1.0, dtype);
+            let x = uniform_tensor::<B, 2>(&mut rng, device, [rows, width], 3.0, 2.0, dtype);
+            let gamma = uniform_tensor::<B, 1>(&mut rng, device, [width], 0.5, 1.0, dtype);
             let beta =
-                with_beta.then(|| random::<B, 1>(&mut rng, device, [width], 0.5, 0.0, dtype));
-            let grad = random::<B, 2>(&mut rng, device, [rows, width], 1.0, 0.0, dtype);
+                with_beta.then(|| uniform_tensor::<B, 1>(&mut rng, device, [width], 0.5, 0.0, dtype));
+            let grad = uniform_tensor::<B, 2>(&mut rng, device, [rows, width], 1.0, 0.0, dtype);
 
             let ours = ours(&x, &gamma, &beta, &grad);
             assert_eq!(ours.0.dtype(), dtype, "output dtype");
