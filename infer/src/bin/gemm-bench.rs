@@ -229,61 +229,86 @@ fn bench<B: Backend>(args: &Args, device: B::Device) -> Result<()> {
             }));
         }
     }
-    println!();
-    println!("| GeGLU rows × I | dtype | ours GB/s | Burn's ops GB/s |");
-    println!("|---|---|---|---|");
-    for dtype in [DType::BF16, DType::F16] {
-        let (rows, half) = (t, 1152);
-        let x =
-            Tensor::<B, 2>::random([rows, 2 * half], Distribution::Default, &device).cast(dtype);
-        let ours = time::<B>(&device, args.seconds, || {
-            let _ = B::geglu(x.clone().into_primitive().tensor());
-        })?;
-        let burns = time::<B>(&device, args.seconds, || {
-            let _ = modernbert_kernels::geglu::geglu_reference(x.clone());
-        })?;
-        // Read 2I, write I per row, 2 bytes each.
-        let bytes = (rows * 3 * half * 2) as f64;
-        let (ours, burns) = (bytes / ours / 1e9, bytes / burns / 1e9);
-        println!("| {rows} × {half} | {dtype:?} | {ours:.0} | {burns:.0} |");
-        json.push(serde_json::json!({
-            "model": "base", "layer": "mlp", "product": "geglu",
-            "m": rows, "k": 0, "n": half, "dtype": format!("{dtype:?}").to_lowercase(),
-            "ours_gbps": ours, "burn_gbps": burns,
-        }));
-    }
-    println!();
-    println!("| LayerNorm rows × H | dtype | ours GB/s | Burn's LayerNorm GB/s |");
-    println!("|---|---|---|---|");
-    for dtype in [DType::BF16, DType::F16] {
-        let (rows, width) = (t, 768);
-        let x = Tensor::<B, 2>::random([rows, width], Distribution::Default, &device).cast(dtype);
-        let gamma = Tensor::<B, 1>::random([width], Distribution::Default, &device).cast(dtype);
-        let float = |x: &Tensor<B, 2>, gamma: &Tensor<B, 1>| {
-            let x = x.clone().into_primitive().tensor();
-            (x, gamma.clone().into_primitive().tensor())
-        };
-        let ours = time::<B>(&device, args.seconds, || {
-            let (x, gamma) = float(&x, &gamma);
-            let _ = B::layer_norm_forward(x, gamma, None, 1e-5);
-        })?;
-        let burns = time::<B>(&device, args.seconds, || {
-            let (x, gamma) = float(&x, &gamma);
-            let _ = B::layer_norm(x, gamma, None, 1e-5);
-        })?;
-        // Read and write H per row, 2 bytes each.
-        let bytes = (rows * 2 * width * 2) as f64;
-        let (ours, burns) = (bytes / ours / 1e9, bytes / burns / 1e9);
-        println!("| {rows} × {width} | {dtype:?} | {ours:.0} | {burns:.0} |");
-        json.push(serde_json::json!({
-            "model": "base", "layer": "norm", "product": "layer_norm",
-            "m": rows, "k": 0, "n": width, "dtype": format!("{dtype:?}").to_lowercase(),
-            "ours_gbps": ours, "burn_gbps": burns,
-        }));
-    }
+    // GeGLU reads 2I and writes I per row; LayerNorm reads and writes H (2 bytes each).
+    let half = 1152;
+    bandwidth_table::<B>(
+        args,
+        &device,
+        &mut json,
+        ("GeGLU", "mlp", "geglu"),
+        [t, half],
+        t * 3 * half * 2,
+        |dtype| {
+            let x =
+                Tensor::<B, 2>::random([t, 2 * half], Distribution::Default, &device).cast(dtype);
+            let burns = x.clone();
+            (
+                Box::new(move || drop(B::geglu(x.clone().into_primitive().tensor()))),
+                Box::new(move || drop(modernbert_kernels::geglu::geglu_reference(burns.clone()))),
+            )
+        },
+    )?;
+    let width = 768;
+    bandwidth_table::<B>(
+        args,
+        &device,
+        &mut json,
+        ("LayerNorm", "norm", "layer_norm"),
+        [t, width],
+        t * 2 * width * 2,
+        |dtype| {
+            let x = Tensor::<B, 2>::random([t, width], Distribution::Default, &device).cast(dtype);
+            let gamma = Tensor::<B, 1>::random([width], Distribution::Default, &device).cast(dtype);
+            let float = move || {
+                let x = x.clone().into_primitive().tensor();
+                (x, gamma.clone().into_primitive().tensor())
+            };
+            let burns = float.clone();
+            (
+                Box::new(move || {
+                    let (x, gamma) = float();
+                    drop(B::layer_norm_forward(x, gamma, None, 1e-5));
+                }),
+                Box::new(move || {
+                    let (x, gamma) = burns();
+                    drop(B::layer_norm(x, gamma, None, 1e-5));
+                }),
+            )
+        },
+    )?;
     if let Some(path) = &args.json {
         let lines: Vec<String> = json.iter().map(|v| v.to_string()).collect();
         std::fs::write(path, lines.join("\n") + "\n")?;
+    }
+    Ok(())
+}
+
+/// Ours against Burn's ops for one memory-bound operation on `[rows, width]`, in bf16 and
+/// f16: GB/s over `bytes` moved per call, printed as a table and added to `json`. `setup`
+/// makes the two runs (ours, Burn's) on fresh inputs of a dtype.
+#[allow(clippy::type_complexity)]
+fn bandwidth_table<B: Backend>(
+    args: &Args,
+    device: &B::Device,
+    json: &mut Vec<serde_json::Value>,
+    (name, layer, product): (&str, &str, &str),
+    [rows, width]: [usize; 2],
+    bytes: usize,
+    setup: impl Fn(DType) -> (Box<dyn Fn()>, Box<dyn Fn()>),
+) -> Result<()> {
+    println!();
+    println!("| {name} rows × width | dtype | ours GB/s | Burn's GB/s |");
+    println!("|---|---|---|---|");
+    for dtype in [DType::BF16, DType::F16] {
+        let (ours, burns) = setup(dtype);
+        let ours = bytes as f64 / time::<B>(device, args.seconds, ours)? / 1e9;
+        let burns = bytes as f64 / time::<B>(device, args.seconds, burns)? / 1e9;
+        println!("| {rows} × {width} | {dtype:?} | {ours:.0} | {burns:.0} |");
+        json.push(serde_json::json!({
+            "model": "base", "layer": layer, "product": product,
+            "m": rows, "k": 0, "n": width, "dtype": format!("{dtype:?}").to_lowercase(),
+            "ours_gbps": ours, "burn_gbps": burns,
+        }));
     }
     Ok(())
 }
