@@ -8,6 +8,8 @@
 //! - LayerNorm: the forward saves x, γ and the per-row mean and rstd it returns; the
 //!   backward is [`Backend::layer_norm_backward`] (dx, dγ and, with a bias, dβ). The op has
 //!   two parents without β and three with it.
+//! - RoPE q/k/v split: one op with parent qkv (the tables and positions are constants),
+//!   saving only the tables and positions; the backward is [`Backend::rope_qkv_backward`].
 //! - varlen attention: the forward runs the inner backend's kernel and saves only its
 //!   inputs, `out`, `lse` and `cu_seqlens`; the backward calls
 //!   [`Backend::varlen_attention_backward`] (our backward kernels on CubeCL backends, the
@@ -322,6 +324,47 @@ impl<B: Backend, C: CheckpointStrategy> Backend for Autodiff<B, C> {
             }
         };
         (y, untracked_mean, untracked_rstd)
+    }
+
+    fn rope_qkv(
+        qkv: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+        positions: IntTensor<Self>,
+        heads: usize,
+    ) -> FloatTensor<Self> {
+        /// The q/k/v split with RoPE; the state is `(cos, sin, positions)`.
+        #[derive(Debug)]
+        struct RopeQkv;
+
+        impl<B: Backend> Backward<B, 1> for RopeQkv {
+            type State = (FloatTensor<B>, FloatTensor<B>, IntTensor<B>);
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 1>,
+                grads: &mut Gradients,
+                _: &mut Checkpointer,
+            ) {
+                let (cos, sin, positions) = ops.state;
+                unary::<B, _>(ops.parents, ops.node, grads, |grad| {
+                    B::rope_qkv_backward(grad, cos, sin, positions)
+                });
+            }
+        }
+
+        let (cos, sin) = (cos.primitive, sin.primitive);
+        let out = B::rope_qkv(
+            qkv.primitive,
+            cos.clone(),
+            sin.clone(),
+            positions.clone(),
+            heads,
+        );
+        match RopeQkv.prepare::<C>([qkv.node]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => prep.finish((cos, sin, positions), out),
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        }
     }
 
     fn varlen_attention(

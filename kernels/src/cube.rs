@@ -117,6 +117,25 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> Backend
         (d_x, column_sum(d_gamma), d_beta.map(column_sum))
     }
 
+    fn rope_qkv(
+        qkv: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+        positions: IntTensor<Self>,
+        heads: usize,
+    ) -> FloatTensor<Self> {
+        crate::rope::kernel::rope_qkv(qkv, cos, sin, positions, heads)
+    }
+
+    fn rope_qkv_backward(
+        grad: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+        positions: IntTensor<Self>,
+    ) -> FloatTensor<Self> {
+        crate::rope::kernel::rope_qkv_backward(grad, cos, sin, positions)
+    }
+
     fn varlen_attention(
         q: FloatTensor<Self>,
         k: FloatTensor<Self>,

@@ -2,7 +2,7 @@
 //! backends run better (or more exactly) than Burn's generic ops.
 //!
 //! Model code calls the free functions here ([`matmul`], [`linear`], [`linear_residual`],
-//! [`geglu()`], [`layer_norm()`], [`varlen_attention`]); each backend picks its implementation through
+//! [`geglu()`], [`layer_norm()`], [`rope_qkv`], [`varlen_attention`]); each backend picks its implementation through
 //! [`Backend`]. Backends without a specialised kernel use the default methods, which are
 //! plain Burn ops.
 
@@ -22,6 +22,7 @@ pub mod geglu;
 #[cfg(any(feature = "cuda", test))]
 mod gemm_layout;
 pub mod layer_norm;
+pub mod rope;
 
 #[cfg(feature = "cuda")]
 pub use cublaslt::status as cublaslt_status;
@@ -32,6 +33,7 @@ pub use attention::{
 };
 pub use geglu::{geglu, GegluError};
 pub use layer_norm::{layer_norm, LayerNormError};
+pub use rope::{rope_qkv, RopeError};
 
 /// A Burn backend with modernbert's extension operations.
 pub trait Backend: burn::tensor::backend::Backend {
@@ -147,6 +149,58 @@ pub trait Backend: burn::tensor::backend::Backend {
             float(d_gamma),
             d_beta.map(float),
         )
+    }
+
+    /// Splits `Wqkv`'s output into q, k and v and rotates q and k by RoPE at each token's
+    /// position (see [`rope_qkv`], which validates the arguments); returns q, k, v stacked.
+    /// The default is the exact reference in plain tensor ops, in f32.
+    ///
+    /// # Shapes
+    /// - qkv: `[total, 3 · heads · head_dim]`, cos, sin: `[max_positions, head_dim]`,
+    ///   positions: `[total]`
+    /// - output: `[3, total, heads, head_dim]`, qkv's dtype
+    fn rope_qkv(
+        qkv: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+        positions: IntTensor<Self>,
+        heads: usize,
+    ) -> FloatTensor<Self> {
+        let float = |t| Tensor::<Self, 2>::from_primitive(TensorPrimitive::Float(t));
+        rope::rope_qkv_reference(
+            float(qkv),
+            float(cos),
+            float(sin),
+            Tensor::from_primitive(positions),
+            heads,
+        )
+        .into_primitive()
+        .tensor()
+    }
+
+    /// Gradient of [`Backend::rope_qkv`] with respect to qkv, from the gradient of its
+    /// stacked output. The default is the exact reference in plain tensor ops
+    /// ([`rope::rope_qkv_backward_reference`], which gives the formulas).
+    ///
+    /// # Shapes
+    /// - grad: `[3, total, heads, head_dim]`, cos, sin: `[max_positions, head_dim]`,
+    ///   positions: `[total]`
+    /// - output: `[total, 3 · heads · head_dim]`
+    fn rope_qkv_backward(
+        grad: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+        positions: IntTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let table = |t| Tensor::<Self, 2>::from_primitive(TensorPrimitive::Float(t));
+        rope::rope_qkv_backward_reference(
+            Tensor::from_primitive(TensorPrimitive::Float(grad)),
+            table(cos),
+            table(sin),
+            Tensor::from_primitive(positions),
+        )
+        .into_primitive()
+        .tensor()
     }
 
     /// Flash attention over packed sequences (see [`varlen_attention`], which validates the

@@ -18,11 +18,12 @@ use burn::tensor::{Bool, Int, Tensor};
 
 use modernbert_kernels::attention::reference::mask_value;
 use modernbert_kernels::{
-    linear, matmul, varlen_attention, Backend as KernelBackend, CuSeqlens, VarlenAttentionOptions,
+    linear, matmul, rope_qkv, varlen_attention, Backend as KernelBackend, CuSeqlens,
+    VarlenAttentionOptions,
 };
 
 use crate::residual::add_projection;
-use crate::rope::RopeAngles;
+use crate::rope::{PackedRope, RopeAngles};
 
 /// Configuration of [`ModernBertAttention`]; made by
 /// [`ModernBertConfig::attention`](crate::ModernBertConfig::attention).
@@ -128,8 +129,8 @@ pub enum AttentionBatch<'a, B: KernelBackend> {
         cu_seqlens: &'a CuSeqlens<B>,
         /// `Some(local_attention / 2)` on local layers.
         window: Option<usize>,
-        /// RoPE angles for this layer's θ.
-        rope: &'a RopeAngles<B, 3>,
+        /// RoPE tables for this layer's θ, with the tokens' positions.
+        rope: &'a PackedRope<B>,
     },
 }
 
@@ -174,10 +175,16 @@ impl<B: KernelBackend> ModernBertAttention<B> {
                 window,
                 rope,
             } => {
-                // [total_nnz, 3, heads, head_dim] → three [total_nnz, heads, head_dim].
-                let qkv = qkv.reshape([seq, 3, heads, head_dim]);
-                let part = |i| qkv.clone().narrow(1, i, 1).reshape([seq, heads, head_dim]);
-                let (q, k, v) = (rope.apply(part(0)), rope.apply(part(1)), part(2));
+                // [total_nnz, 3·H] → three contiguous [total_nnz, heads, head_dim], q and k
+                // rotated, in one kernel.
+                let [q, k, v] = rope_qkv(
+                    qkv.reshape([seq, 3 * hidden]),
+                    rope.cos.clone(),
+                    rope.sin.clone(),
+                    rope.positions.clone(),
+                    heads,
+                )
+                .expect("Wqkv's width, the tables and the positions come from one model");
                 let options = VarlenAttentionOptions {
                     window,
                     scale: None,

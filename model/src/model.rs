@@ -243,8 +243,7 @@ impl<B: KernelBackend> ModernBertModel<B> {
     /// - output: `[total_nnz, H]`
     pub fn forward_unpadded(&self, input: &UnpaddedInput<B>) -> Tensor<B, 2> {
         let [total] = input.input_ids.dims();
-        let (global_rope, local_rope) =
-            self.rope(|rope| rope.angles_unpadded(input.positions.clone()));
+        let (global_rope, local_rope) = self.rope(|rope| rope.packed(input.positions.clone()));
         let window = self.config.local_attention / 2;
         let hidden = self
             .embeddings

@@ -39,13 +39,25 @@ pub struct RotaryEmbedding<B: Backend> {
 }
 
 /// cos and sin of the rotation angles, shaped to broadcast over the heads of a rank-`D`
-/// query or key tensor.
+/// query or key tensor (the padded path's, rank 4).
 #[derive(Debug, Clone)]
 pub struct RopeAngles<B: Backend, const D: usize> {
-    /// Padded: `[batch, 1, seq, head_dim]`; unpadded: `[total_nnz, 1, head_dim]`.
+    /// `[batch, 1, seq, head_dim]` for a padded batch.
     pub cos: Tensor<B, D>,
     /// Same shape as `cos`.
     pub sin: Tensor<B, D>,
+}
+
+/// What the unpadded path's fused split-and-rotate needs: the whole f32 tables and the
+/// packed tokens' positions (the kernel gathers each token's row as it rotates).
+#[derive(Debug, Clone)]
+pub struct PackedRope<B: Backend> {
+    /// `[max_position_embeddings, head_dim]`, f32.
+    pub cos: Tensor<B, 2>,
+    /// `[max_position_embeddings, head_dim]`, f32.
+    pub sin: Tensor<B, 2>,
+    /// `[total_nnz]`: each token's position in its sequence.
+    pub positions: Tensor<B, 1, Int>,
 }
 
 impl RotaryEmbeddingConfig {
@@ -124,16 +136,18 @@ impl<B: Backend> RotaryEmbedding<B> {
         }
     }
 
-    /// Angles for packed tokens.
+    /// The f32 tables with the positions of packed tokens, for the unpadded path's fused
+    /// q/k/v split and rotation (`modernbert_kernels::rope_qkv`, which gathers the rows
+    /// itself, in f32).
     ///
     /// # Shapes
-    /// - positions: `[total_nnz]`
-    /// - output: cos and sin, `[total_nnz, 1, head_dim]` (broadcast over heads)
-    pub fn angles_unpadded(&self, positions: Tensor<B, 1, Int>) -> RopeAngles<B, 3> {
-        let (cos, sin) = self.table(positions);
-        RopeAngles {
-            cos: cos.unsqueeze_dim(1),
-            sin: sin.unsqueeze_dim(1),
+    /// - positions: `[total_nnz]`, each below `max_position_embeddings` (the model's input
+    ///   checks refuse longer sequences)
+    pub fn packed(&self, positions: Tensor<B, 1, Int>) -> PackedRope<B> {
+        PackedRope {
+            cos: self.cos.clone(),
+            sin: self.sin.clone(),
+            positions,
         }
     }
 }
@@ -142,7 +156,7 @@ impl<B: Backend, const D: usize> RopeAngles<B, D> {
     /// Rotates queries or keys: `x * cos + rotate_half(x) * sin`.
     ///
     /// # Shapes
-    /// - x: `[batch, heads, seq, head_dim]` (padded) or `[total_nnz, heads, head_dim]`
+    /// - x: `[batch, heads, seq, head_dim]`
     /// - output: same as x
     pub fn apply(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         let head_dim = x.dims()[D - 1];
