@@ -150,16 +150,23 @@ mod tests {
         RunTokenizer::train(docs, 290).unwrap()
     }
 
+    /// The test corpus, written once per process: streams read it lazily, so rewriting it
+    /// while another stream (of this test or one running beside it) is reading would change
+    /// that stream's rows.
     fn corpus() -> Vec<PathBuf> {
-        let dir =
-            std::env::temp_dir().join(format!("modernbert-train-stream-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("c.txt");
-        let text: String = (0..300)
-            .map(|i| format!("document number {i} says hello world\n\n"))
-            .collect();
-        std::fs::write(&path, text).unwrap();
-        vec![path]
+        static CORPUS: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+        let path = CORPUS.get_or_init(|| {
+            let dir = std::env::temp_dir()
+                .join(format!("modernbert-train-stream-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let path = dir.join("c.txt");
+            let text: String = (0..300)
+                .map(|i| format!("document number {i} says hello world\n\n"))
+                .collect();
+            std::fs::write(&path, text).unwrap();
+            path
+        });
+        vec![path.clone()]
     }
 
     fn stream(split: Split, state: Option<StreamState>) -> RowStream {
