@@ -13,6 +13,7 @@
 # the reference (f32, f16, bf16), forward and backward; our cuBLASLt matmul vs f64.
 # Benchmarks: GEMMs vs torch.matmul; attention forward and forward+backward vs SDPA and
 # FlexAttention (`kernels`); `modernbert bench` vs HF transformers (`e2e`).
+# Knobs: SKIP_GEMM_BENCH=1 and SKIP_WGPU_BENCH=1 leave those benchmarks out of `e2e`.
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu-check}
 mkdir -p "$OUT"
@@ -99,9 +100,11 @@ MODERNBERT_CMMA_PLANES=8 step cuda_attention_kernel_8planes "$BIN/attention_kern
 echo "=== attention forward, 8 planes per cube" | tee -a "$OUT/summary.txt"
 MODERNBERT_CMMA_PLANES=8 "$BIN/attention-bench" --backend cuda --dtype bf16 2>&1 | tee "$OUT/bench_attention_8planes.md" | tee -a "$OUT/summary.txt"
 fi
+if [ -z "${SKIP_GEMM_BENCH:-}" ]; then
 echo "=== GEMM benchmark (ours and Burn's, then torch.matmul)" | tee -a "$OUT/summary.txt"
 "$BIN/gemm-bench" --backend cuda --seconds 0.2 --json "$OUT/gemm.jsonl" > "$OUT/bench_gemm_ours.md" 2>&1
 python3 scripts/bench_gemm_torch.py --ours "$OUT/gemm.jsonl" 2>&1 | tee "$OUT/bench_gemm.md" | tee -a "$OUT/summary.txt"
+fi
 # End-to-end encoder throughput (issue 7): `modernbert bench` (Cuda bf16, random-init base and
 # large) and HF transformers (sdpa, bf16) on the same documents, then the ratio; then Wgpu on
 # the H200's Vulkan (f16, base). Tables: $OUT/bench_infer.md.

@@ -2,9 +2,9 @@
 //! backends run better (or more exactly) than Burn's generic ops.
 //!
 //! Model code calls the free functions here ([`matmul`], [`linear`], [`linear_residual`],
-//! [`geglu()`], [`layer_norm()`], [`rope_qkv`], [`varlen_attention`]); each backend picks its implementation through
-//! [`Backend`]. Backends without a specialised kernel use the default methods, which are
-//! plain Burn ops.
+//! [`geglu()`], [`layer_norm()`], [`rope_qkv`], [`varlen_attention`]); each backend picks
+//! its implementation through [`Backend`]. Backends without a specialised kernel use the
+//! default methods, which are plain Burn ops.
 
 use burn::module::Param;
 use burn::nn::Linear;
