@@ -10,13 +10,15 @@ ratio ours / HF.
 HF runs the documents in the dumped order (no length sorting: transformers' sdpa path
 pads every batch to its longest document), in batches of max_batch_tokens // L documents
 (L = 512 or 8192, the set's longest possible length), i.e. 64 and 4 at 32768 tokens.
-Throughput counts real tokens only. Memory is torch.cuda.max_memory_reserved() over the
-timed pass (weights included), the analogue of our allocator's reserved bytes. A warm-up
-pass over every 8th batch comes first.
+Throughput counts real tokens only; seconds are the median of the timed passes (as many
+as `modernbert bench --repeats` wrote into the lengths file, 3 by default). Memory is
+torch.cuda.max_memory_reserved() over the timed passes (weights included), the analogue of
+our allocator's reserved bytes. A warm-up pass over every 8th batch comes first.
 """
 
 import argparse
 import json
+import statistics
 import time
 
 import torch
@@ -32,7 +34,9 @@ def batches(lengths, batch_size):
     return [lengths[i : i + batch_size] for i in range(0, len(lengths), batch_size)]
 
 
-def run(model, docs, batch_size, device, vocab, seed):
+def run(model, docs, batch_size, device, vocab, seed, repeats):
+    """Median seconds of `repeats` timed passes over `docs` (after a warm-up pass over every
+    8th batch), and the peak reserved memory over them."""
     gen = torch.Generator().manual_seed(seed)
     prepared = []
     for lens in batches(docs, batch_size):
@@ -50,10 +54,12 @@ def run(model, docs, batch_size, device, vocab, seed):
     go(prepared[::8])
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    go(prepared)
-    seconds = time.perf_counter() - start
-    return seconds, torch.cuda.max_memory_reserved()
+    passes = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        go(prepared)
+        passes.append(time.perf_counter() - start)
+    return statistics.median(passes), torch.cuda.max_memory_reserved()
 
 
 def main():
@@ -78,7 +84,8 @@ def main():
             setting, lengths = s["setting"], s["lengths"]
             longest = 8192 if "8192" in setting or "4096" in setting else 512
             batch_size = max(1, max_tokens // longest)
-            seconds, reserved = run(model, lengths, batch_size, device, config.vocab_size, spec["seed"])
+            seconds, reserved = run(model, lengths, batch_size, device, config.vocab_size, spec["seed"],
+                                    spec.get("repeats", 1))
             tokens = sum(lengths)
             hf[(name, setting)] = tokens / seconds
             print(f"| {name} | {setting} | {len(lengths)} | {tokens} | {batch_size} | {seconds:.2f} | "

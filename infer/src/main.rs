@@ -174,6 +174,9 @@ struct BenchArgs {
     /// Seed of the document lengths and token ids.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Timed passes over each document set; the table gives the median pass.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+    repeats: u64,
     /// Write the document lengths as JSON (for scripts/bench_infer_torch.py) and exit.
     #[arg(long)]
     dump_lengths: Option<PathBuf>,
@@ -383,12 +386,14 @@ fn bench<B: Backend + DeviceMemory>(args: &BenchArgs, device: B::Device) -> Resu
     let options = BenchOptions {
         max_batch_tokens: args.run.max_batch_tokens,
         warmup_docs: 0,
+        repeats: args.repeats as usize,
         seed: args.seed,
     };
     println!(
         "backend {:?}, dtype {}, max {} tokens per batch; memory = the allocator's reserved bytes \
-         (CubeCL memory pool, weights included), high-water over the timed pass",
-        args.run.backend, args.run.dtype, args.run.max_batch_tokens
+         (CubeCL memory pool, weights included), high-water over the timed passes; seconds: the \
+         median of {} timed passes",
+        args.run.backend, args.run.dtype, args.run.max_batch_tokens, args.repeats
     );
     println!("| model | setting | docs | tokens | seconds | tokens/s | peak reserved (GiB) |");
     println!("|---|---|---|---|---|---|---|");
@@ -441,6 +446,7 @@ fn dump_lengths(args: &BenchArgs, path: &Path) -> Result<()> {
     let json = serde_json::json!({
         "seed": args.seed,
         "max_batch_tokens": args.run.max_batch_tokens,
+        "repeats": args.repeats,
         "settings": settings,
     });
     std::fs::write(path, serde_json::to_string(&json)?)
