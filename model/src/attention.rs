@@ -121,7 +121,7 @@ pub enum AttentionBatch<'a, B: KernelBackend> {
         /// The global or local mask, for this layer's type.
         mask: Tensor<B, 4, Bool>,
         /// RoPE angles for this layer's θ.
-        rope: &'a RopeAngles<B, 4>,
+        rope: &'a RopeAngles<B>,
     },
     /// Hidden states `[1, total_nnz, H]`, real tokens only; variable-length attention.
     Unpadded {

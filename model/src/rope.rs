@@ -38,14 +38,14 @@ pub struct RotaryEmbedding<B: Backend> {
     sin: Tensor<B, 2>,
 }
 
-/// cos and sin of the rotation angles, shaped to broadcast over the heads of a rank-`D`
-/// query or key tensor (the padded path's, rank 4).
+/// cos and sin of the rotation angles of a padded batch, shaped to broadcast over the heads
+/// of a `[batch, heads, seq, head_dim]` query or key tensor.
 #[derive(Debug, Clone)]
-pub struct RopeAngles<B: Backend, const D: usize> {
-    /// `[batch, 1, seq, head_dim]` for a padded batch.
-    pub cos: Tensor<B, D>,
+pub struct RopeAngles<B: Backend> {
+    /// `[batch, 1, seq, head_dim]`.
+    pub cos: Tensor<B, 4>,
     /// Same shape as `cos`.
-    pub sin: Tensor<B, D>,
+    pub sin: Tensor<B, 4>,
 }
 
 /// What the unpadded path's fused split-and-rotate needs: the whole f32 tables and the
@@ -125,7 +125,7 @@ impl<B: Backend> RotaryEmbedding<B> {
     /// # Shapes
     /// - positions: `[batch, seq]`
     /// - output: cos and sin, `[batch, 1, seq, head_dim]` (broadcast over heads)
-    pub fn angles(&self, positions: Tensor<B, 2, Int>) -> RopeAngles<B, 4> {
+    pub fn angles(&self, positions: Tensor<B, 2, Int>) -> RopeAngles<B> {
         let [batch, seq] = positions.dims();
         let (cos, sin) = self.table(positions.reshape([batch * seq]));
         let head_dim = cos.dims()[1];
@@ -152,18 +152,17 @@ impl<B: Backend> RotaryEmbedding<B> {
     }
 }
 
-impl<B: Backend, const D: usize> RopeAngles<B, D> {
+impl<B: Backend> RopeAngles<B> {
     /// Rotates queries or keys: `x * cos + rotate_half(x) * sin`.
     ///
     /// # Shapes
     /// - x: `[batch, heads, seq, head_dim]`
     /// - output: same as x
-    pub fn apply(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let head_dim = x.dims()[D - 1];
-        let half = head_dim / 2;
-        let x1 = x.clone().narrow(D - 1, 0, half);
-        let x2 = x.clone().narrow(D - 1, half, half);
-        let rotated = Tensor::cat(vec![x2.neg(), x1], D - 1);
+    pub fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let half = x.dims()[3] / 2;
+        let x1 = x.clone().narrow(3, 0, half);
+        let x2 = x.clone().narrow(3, half, half);
+        let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
         x * self.cos.clone() + rotated * self.sin.clone()
     }
 }

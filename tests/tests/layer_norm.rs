@@ -136,8 +136,8 @@ fn check_layer_norm<B: Backend>(device: &B::Device, dtype: DType, tolerance: f32
         for with_beta in [false, true] {
             let x = uniform_tensor::<B, 2>(&mut rng, device, [rows, width], 3.0, 2.0, dtype);
             let gamma = uniform_tensor::<B, 1>(&mut rng, device, [width], 0.5, 1.0, dtype);
-            let beta =
-                with_beta.then(|| uniform_tensor::<B, 1>(&mut rng, device, [width], 0.5, 0.0, dtype));
+            let beta = with_beta
+                .then(|| uniform_tensor::<B, 1>(&mut rng, device, [width], 0.5, 0.0, dtype));
             let grad = uniform_tensor::<B, 2>(&mut rng, device, [rows, width], 1.0, 0.0, dtype);
 
             let ours = ours(&x, &gamma, &beta, &grad);
