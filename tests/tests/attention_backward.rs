@@ -151,10 +151,9 @@ fn ndarray_backward_matches_reference_autodiff() {
     );
 }
 
-/// Capped at 200 tokens on lavapipe (CI), like `attention_kernel.rs`'s lavapipe cap: with
-/// `MODERNBERT_MAX_LEN=600` global attention goes wrong there (gradient errors 0.6 and 5 at
-/// head_dim 64 and 128, windowed cases still 4e-7), where the forward's known lavapipe fault
-/// (≥ 16 key tiles) feeds its lse to the backward. On Cuda the same test passes at 600.
+/// Up to 400 tokens: the plain kernels walk up to 27 tiles of 15 rows (head_dim 128), more
+/// than one invocation may loop through on lavapipe (CI), so they run in up to 4 launches
+/// there (`kernels/src/attention/passes.rs`), and shorter sequences finish before the last.
 #[cfg(feature = "wgpu")]
 #[test]
 fn wgpu_backward_kernels_match_reference_autodiff() {
@@ -162,7 +161,7 @@ fn wgpu_backward_kernels_match_reference_autodiff() {
         &Default::default(),
         DType::F32,
         1e-4,
-        max_len(200),
+        max_len(400),
         CASES,
         Some(KernelPath::Plain),
     );

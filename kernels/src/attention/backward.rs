@@ -4,8 +4,8 @@
 //! `forward.rs`), the plain ones (`kernel_backward.rs`) for every other dtype and device and
 //! when `MODERNBERT_ATTENTION_PATH=plain` (see [`PATH_ENV`](super::PATH_ENV)).
 
-use burn::tensor::Shape;
-use burn_cubecl::kernel::into_contiguous;
+use burn::tensor::{DType, Shape};
+use burn_cubecl::kernel::{cast, into_contiguous};
 use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeRuntime;
@@ -17,6 +17,7 @@ use super::kernel_backward_cmma::{
     flash_attention_varlen_dkv_cmma_kernel, flash_attention_varlen_dq_cmma_kernel, scratch_width,
 };
 use super::kernel_cmma::{PAD, PAD_F32, SMEM_ALIGN, TILE};
+use super::passes::{head_dim_loop, staging_loop, walked_tiles, TilePasses};
 use super::{record_backward_kernel_path, KernelPath, VarlenMeta};
 
 /// Planes (warps) per cube of the tensor-core backward kernels: 16 own rows each, and tiles
@@ -144,47 +145,109 @@ pub fn varlen_attention_backward<R: CubeRuntime>(
     // The dK/dV kernel also stages lse and D per tile (8 bytes per query row).
     let block_n = plain_block_n(head_dim, max_shared, 8);
     let unroll = plain_unroll(&client);
-    flash_attention_varlen_dq_kernel::launch::<R>(
-        &client,
-        grid(BLOCK_M),
-        CubeDim::new_1d(BLOCK_M as u32),
-        q.clone().into_tensor_arg(),
-        k.clone().into_tensor_arg(),
-        v.clone().into_tensor_arg(),
-        d_out.clone().into_tensor_arg(),
-        lse.clone().into_tensor_arg(),
-        delta.clone().into_tensor_arg(),
-        cu_seqlens.clone().into_tensor_arg(),
-        dq.clone().into_tensor_arg(),
-        scale,
-        window,
-        head_dim,
-        block_n,
-        windowed,
-        unroll,
-        dtypes,
-    );
-    flash_attention_varlen_dkv_kernel::launch::<R>(
-        &client,
-        grid(BLOCK_M),
-        CubeDim::new_1d(BLOCK_M as u32),
-        q.into_tensor_arg(),
-        k.into_tensor_arg(),
-        v.into_tensor_arg(),
-        d_out.into_tensor_arg(),
-        lse.into_tensor_arg(),
-        delta.into_tensor_arg(),
-        cu_seqlens.into_tensor_arg(),
-        dk.clone().into_tensor_arg(),
-        dv.clone().into_tensor_arg(),
-        scale,
-        window,
-        head_dim,
-        block_n,
-        windowed,
-        unroll,
-        dtypes,
-    );
+    let passes = PlainPasses::new(meta, head_dim, block_n, unroll);
+    // Between passes the gradients are kept in f32.
+    let state = |gradient: CubeTensor<R>, passes: TilePasses| {
+        if passes.count > 1 && gradient.dtype != DType::F32 {
+            empty_device_contiguous_dtype(
+                client.clone(),
+                gradient.device.clone(),
+                Shape::new([total, heads, head_dim]),
+                DType::F32,
+            )
+        } else {
+            gradient
+        }
+    };
+    let dq_state = state(dq, passes.dq);
+    let (dk_state, dv_state) = (state(dk, passes.dkv), state(dv, passes.dkv));
+    for launch in passes.dq.launches() {
+        flash_attention_varlen_dq_kernel::launch::<R>(
+            &client,
+            grid(BLOCK_M),
+            CubeDim::new_1d(BLOCK_M as u32),
+            q.clone().into_tensor_arg(),
+            k.clone().into_tensor_arg(),
+            v.clone().into_tensor_arg(),
+            d_out.clone().into_tensor_arg(),
+            lse.clone().into_tensor_arg(),
+            delta.clone().into_tensor_arg(),
+            cu_seqlens.clone().into_tensor_arg(),
+            dq_state.clone().into_tensor_arg(),
+            scale,
+            window,
+            launch.tile_begin,
+            passes.dq.tiles_per_pass as u32,
+            head_dim,
+            block_n,
+            windowed,
+            unroll,
+            launch.resume,
+            [dtypes[0], dtypes[1], dq_state.dtype.into()],
+        );
+    }
+    for launch in passes.dkv.launches() {
+        flash_attention_varlen_dkv_kernel::launch::<R>(
+            &client,
+            grid(BLOCK_M),
+            CubeDim::new_1d(BLOCK_M as u32),
+            q.clone().into_tensor_arg(),
+            k.clone().into_tensor_arg(),
+            v.clone().into_tensor_arg(),
+            d_out.clone().into_tensor_arg(),
+            lse.clone().into_tensor_arg(),
+            delta.clone().into_tensor_arg(),
+            cu_seqlens.clone().into_tensor_arg(),
+            dk_state.clone().into_tensor_arg(),
+            dv_state.clone().into_tensor_arg(),
+            scale,
+            window,
+            launch.tile_begin,
+            passes.dkv.tiles_per_pass as u32,
+            head_dim,
+            block_n,
+            windowed,
+            unroll,
+            launch.resume,
+            [dtypes[0], dtypes[1], dk_state.dtype.into()],
+        );
+    }
     record_backward_kernel_path(KernelPath::Plain);
+    let f_dtype = q.dtype;
+    let [dq, dk, dv] = [dq_state, dk_state, dv_state].map(|gradient| {
+        if gradient.dtype == f_dtype {
+            gradient
+        } else {
+            cast(gradient, f_dtype)
+        }
+    });
     (dq, dk, dv)
+}
+
+/// The launches of the two plain backward kernels (`passes.rs`).
+struct PlainPasses {
+    /// The dQ kernel's, over key tiles.
+    dq: TilePasses,
+    /// The dK/dV kernel's, over query tiles.
+    dkv: TilePasses,
+}
+
+impl PlainPasses {
+    /// From the kernels' loops per tile: staging (the dK/dV kernel also stages lse and D),
+    /// then for each row of the tile two loops over `head_dim`; outside the tiles, loading
+    /// the unit's rows, resuming and writing.
+    fn new(meta: &VarlenMeta, head_dim: usize, block_n: usize, unroll: bool) -> Self {
+        let head = head_dim_loop(head_dim, unroll);
+        let rows = block_n + 1 + block_n * 2 * head + 1;
+        let staging = staging_loop(block_n * head_dim, BLOCK_M);
+        let tiles = walked_tiles(meta, BLOCK_M, block_n);
+        Self {
+            dq: TilePasses::new(tiles, staging + rows, 3 * head),
+            dkv: TilePasses::new(
+                tiles,
+                staging + staging_loop(block_n, BLOCK_M) + rows,
+                4 * head,
+            ),
+        }
+    }
 }

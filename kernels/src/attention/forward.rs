@@ -8,7 +8,7 @@
 //! kernel (see [`PATH_ENV`]).
 
 use burn::tensor::{DType, Shape};
-use burn_cubecl::kernel::into_contiguous;
+use burn_cubecl::kernel::{cast, into_contiguous};
 use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeRuntime;
@@ -18,6 +18,7 @@ use cubecl::prelude::*;
 
 use super::kernel::flash_attention_varlen_kernel;
 use super::kernel_cmma::{flash_attention_varlen_cmma_kernel, PAD, PAD_F32, TILE};
+use super::passes::{head_dim_loop, staging_loop, walked_tiles, TilePasses};
 use super::{record_kernel_path, KernelPath, VarlenMeta, PATH_ENV};
 
 /// Query rows per cube of the plain kernels (one unit each; the backward's too).
@@ -221,24 +222,62 @@ pub fn varlen_attention_forward<R: CubeRuntime>(
     }
     let max_shared = client.properties().hardware.max_shared_memory_size;
     let unroll = plain_unroll(&client);
-    flash_attention_varlen_kernel::launch::<R>(
-        &client,
-        grid(BLOCK_M),
-        CubeDim::new_1d(BLOCK_M as u32),
-        q.into_tensor_arg(),
-        k.into_tensor_arg(),
-        v.into_tensor_arg(),
-        cu_seqlens.into_tensor_arg(),
-        out.clone().into_tensor_arg(),
-        lse.clone().into_tensor_arg(),
-        meta.scale,
-        meta.window.unwrap_or(0) as u32,
-        head_dim,
-        plain_block_n(head_dim, max_shared, 0),
-        meta.window.is_some(),
-        unroll,
-        [f_dtype.into(), i_dtype.into()],
-    );
+    let block_n = plain_block_n(head_dim, max_shared, 0);
+    let passes = plain_forward_passes(meta, head_dim, block_n, unroll);
+    // Between passes the normalised output is kept in f32.
+    let state = if passes.count > 1 && f_dtype != DType::F32 {
+        empty_device_contiguous_dtype(
+            client.clone(),
+            out.device.clone(),
+            Shape::new([total, heads, head_dim]),
+            DType::F32,
+        )
+    } else {
+        out.clone()
+    };
+    for launch in passes.launches() {
+        flash_attention_varlen_kernel::launch::<R>(
+            &client,
+            grid(BLOCK_M),
+            CubeDim::new_1d(BLOCK_M as u32),
+            q.clone().into_tensor_arg(),
+            k.clone().into_tensor_arg(),
+            v.clone().into_tensor_arg(),
+            cu_seqlens.clone().into_tensor_arg(),
+            state.clone().into_tensor_arg(),
+            lse.clone().into_tensor_arg(),
+            meta.scale,
+            meta.window.unwrap_or(0) as u32,
+            launch.tile_begin,
+            passes.tiles_per_pass as u32,
+            head_dim,
+            block_n,
+            meta.window.is_some(),
+            unroll,
+            launch.resume,
+            [f_dtype.into(), i_dtype.into(), state.dtype.into()],
+        );
+    }
     record_kernel_path(KernelPath::Plain);
+    let out = if state.dtype == f_dtype {
+        state
+    } else {
+        cast(state, f_dtype)
+    };
     (out, lse)
+}
+
+/// The launches of the plain forward kernel (`passes.rs`), from its loops per tile: staging,
+/// then for each key a loop over `head_dim` for the score and one for the output, and one
+/// rescaling loop; outside the tiles, loading q, resuming and writing out.
+fn plain_forward_passes(
+    meta: &VarlenMeta,
+    head_dim: usize,
+    block_n: usize,
+    unroll: bool,
+) -> TilePasses {
+    let head = head_dim_loop(head_dim, unroll);
+    let per_tile =
+        staging_loop(block_n * head_dim, BLOCK_M) + 2 * (block_n + 1 + block_n * head) + head + 1;
+    TilePasses::new(walked_tiles(meta, BLOCK_M, block_n), per_tile, 3 * head)
 }

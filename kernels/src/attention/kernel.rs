@@ -6,28 +6,36 @@
 //! whole sequence (global) or `[q0 − window, q_last + window]` (sliding window).
 //! `unroll` unrolls the loops over `head_dim` (registers instead of local memory); it is
 //! off where shader compilation is slow for long unrolled code (lavapipe takes minutes).
+//!
+//! One launch walks tiles `tile_begin .. tile_begin + tile_count` of each cube's range
+//! (`passes.rs`: llvmpipe caps the loop iterations of an invocation). A launch with `resume`
+//! starts from the state the previous one left in `out` and `lse`: with `m = lse`, `l = 1`
+//! and `acc = out`, the online softmax carries on exactly as if it had never stopped.
 
 use cubecl::prelude::*;
 
 use super::staging::stage_rows_f32_pair;
-use super::tiling::{key_visible, unit_row, NEG_BIG};
+use super::tiling::{key_visible, pass_tiles, unit_row, NEG_BIG};
 
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
-pub fn flash_attention_varlen_kernel<F: Float, I: Numeric>(
+pub fn flash_attention_varlen_kernel<F: Float, I: Numeric, O: Float>(
     q: &Tensor<F>,          // [total, heads, head_dim], contiguous
     k: &Tensor<F>,          // [total, heads, head_dim], contiguous
     v: &Tensor<F>,          // [total, heads, head_dim], contiguous
     cu_seqlens: &Tensor<I>, // [batch + 1]
-    out: &mut Tensor<F>,    // [total, heads, head_dim]
+    out: &mut Tensor<O>,    // [total, heads, head_dim], f32 between passes
     lse: &mut Tensor<f32>,  // [total, heads], natural-log sum of exp(scores)
     scale: f32,
     window: u32,
+    tile_begin: u32,
+    tile_count: u32,
     #[comptime] head_dim: usize,
     #[comptime] block_n: usize,
     #[comptime] windowed: bool,
     #[comptime] unroll: bool,
-    #[define(F, I)] _dtypes: [StorageType; 2],
+    #[comptime] resume: bool,
+    #[define(F, I, O)] _dtypes: [StorageType; 3],
 ) {
     let heads = q.shape(1);
     let window = window as usize;
@@ -41,6 +49,8 @@ pub fn flash_attention_varlen_kernel<F: Float, I: Numeric>(
     let head = rows.head;
     let qi = rows.position;
     let q_valid = qi < rows.range.len;
+    let pass = pass_tiles(k_lo, k_hi, tile_begin, tile_count, block_n);
+    let active = pass.active;
 
     let row = (start + qi) * heads + head;
     let mut q_row = Array::<f32>::new(head_dim);
@@ -60,9 +70,18 @@ pub fn flash_attention_varlen_kernel<F: Float, I: Numeric>(
     let mut scores = Array::<f32>::new(block_n);
     let mut m = neg_big;
     let mut l = 0.0;
+    if resume {
+        if q_valid && active {
+            m = lse[row];
+            l = select(m > neg_big * 0.5, f32::new(1.0), zero);
+            #[unroll(unroll)]
+            for d in 0..head_dim {
+                acc[d] = f32::cast_from(out[row * head_dim + d]);
+            }
+        }
+    }
 
-    let tiles = (k_hi - k_lo).div_ceil(block_n);
-    for tile in 0..tiles {
+    for tile in pass.begin..pass.end {
         let kb = k_lo + tile * block_n;
         stage_rows_f32_pair(
             k,
@@ -115,13 +134,15 @@ pub fn flash_attention_varlen_kernel<F: Float, I: Numeric>(
         sync_cube();
     }
 
-    if q_valid {
-        // Every query sees at least itself, so l > 0.
-        let inv_l = 1.0 / l;
+    if q_valid && active {
+        // Every query sees at least itself, so l > 0 after the last pass; before, a query
+        // may have seen no key yet (l = 0), which `resume` reads back as such.
+        let seen = l > zero;
+        let inv_l = select(seen, 1.0 / l, zero);
         #[unroll(unroll)]
         for d in 0..head_dim {
-            out[row * head_dim + d] = F::cast_from(acc[d] * inv_l);
+            out[row * head_dim + d] = O::cast_from(acc[d] * inv_l);
         }
-        lse[row] = m + l.ln();
+        lse[row] = select(seen, m + l.ln(), neg_big);
     }
 }

@@ -13,16 +13,21 @@
 //! their tiles with `staging.rs`. The mask is symmetric (same sequence, `|i − j| ≤ window`),
 //! so a block of keys sees queries exactly as a block of queries sees keys: both take their
 //! range from [`unit_row`] and skip tiles outside it.
+//!
+//! Like the forward, one launch walks tiles `tile_begin .. tile_begin + tile_count`
+//! (`passes.rs`); with `resume` it adds to the gradients the previous launch wrote (f32
+//! between launches, dQ and dK without their factor `scale`, which only the launch with the
+//! cube's last tile applies).
 
 use cubecl::prelude::*;
 
 use super::staging::{stage_row_values_pair, stage_rows_f32_pair};
-use super::tiling::{key_visible, unit_row};
+use super::tiling::{key_visible, pass_tiles, unit_row};
 
 /// `dQ` for one query row per unit.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
-pub fn flash_attention_varlen_dq_kernel<F: Float, I: Numeric>(
+pub fn flash_attention_varlen_dq_kernel<F: Float, I: Numeric, O: Float>(
     q: &Tensor<F>,          // [total, heads, head_dim], contiguous (as are all below)
     k: &Tensor<F>,          // [total, heads, head_dim]
     v: &Tensor<F>,          // [total, heads, head_dim]
@@ -30,14 +35,17 @@ pub fn flash_attention_varlen_dq_kernel<F: Float, I: Numeric>(
     lse: &Tensor<f32>,      // [total, heads]
     delta: &Tensor<f32>,    // [total, heads], rowsum(dO ∘ O)
     cu_seqlens: &Tensor<I>, // [batch + 1]
-    dq: &mut Tensor<F>,     // [total, heads, head_dim]
+    dq: &mut Tensor<O>,     // [total, heads, head_dim]
     scale: f32,
     window: u32,
+    tile_begin: u32,
+    tile_count: u32,
     #[comptime] head_dim: usize,
     #[comptime] block_n: usize,
     #[comptime] windowed: bool,
     #[comptime] unroll: bool,
-    #[define(F, I)] _dtypes: [StorageType; 2],
+    #[comptime] resume: bool,
+    #[define(F, I, O)] _dtypes: [StorageType; 3],
 ) {
     let heads = q.shape(1);
     let window = window as usize;
@@ -70,10 +78,20 @@ pub fn flash_attention_varlen_dq_kernel<F: Float, I: Numeric>(
         row_delta = delta[row];
     }
 
+    let pass = pass_tiles(k_lo, k_hi, tile_begin, tile_count, block_n);
+    let written_scale = select(pass.last, scale, f32::new(1.0));
+    if resume {
+        if q_valid && pass.active {
+            #[unroll(unroll)]
+            for d in 0..head_dim {
+                acc[d] = f32::cast_from(dq[row * head_dim + d]);
+            }
+        }
+    }
+
     let mut k_tile = SharedMemory::<f32>::new(block_n * head_dim);
     let mut v_tile = SharedMemory::<f32>::new(block_n * head_dim);
-    let tiles = (k_hi - k_lo).div_ceil(block_n);
-    for tile in 0..tiles {
+    for tile in pass.begin..pass.end {
         let kb = k_lo + tile * block_n;
         stage_rows_f32_pair(
             k,
@@ -111,10 +129,10 @@ pub fn flash_attention_varlen_dq_kernel<F: Float, I: Numeric>(
         sync_cube();
     }
 
-    if q_valid {
+    if q_valid && pass.active {
         #[unroll(unroll)]
         for d in 0..head_dim {
-            dq[row * head_dim + d] = F::cast_from(acc[d] * scale);
+            dq[row * head_dim + d] = O::cast_from(acc[d] * written_scale);
         }
     }
 }
@@ -122,7 +140,7 @@ pub fn flash_attention_varlen_dq_kernel<F: Float, I: Numeric>(
 /// `dK` and `dV` for one key row per unit.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
-pub fn flash_attention_varlen_dkv_kernel<F: Float, I: Numeric>(
+pub fn flash_attention_varlen_dkv_kernel<F: Float, I: Numeric, O: Float>(
     q: &Tensor<F>,          // [total, heads, head_dim], contiguous (as are all below)
     k: &Tensor<F>,          // [total, heads, head_dim]
     v: &Tensor<F>,          // [total, heads, head_dim]
@@ -130,15 +148,18 @@ pub fn flash_attention_varlen_dkv_kernel<F: Float, I: Numeric>(
     lse: &Tensor<f32>,      // [total, heads]
     delta: &Tensor<f32>,    // [total, heads], rowsum(dO ∘ O)
     cu_seqlens: &Tensor<I>, // [batch + 1]
-    dk: &mut Tensor<F>,     // [total, heads, head_dim]
-    dv: &mut Tensor<F>,     // [total, heads, head_dim]
+    dk: &mut Tensor<O>,     // [total, heads, head_dim]
+    dv: &mut Tensor<O>,     // [total, heads, head_dim]
     scale: f32,
     window: u32,
+    tile_begin: u32,
+    tile_count: u32,
     #[comptime] head_dim: usize,
     #[comptime] block_n: usize,
     #[comptime] windowed: bool,
     #[comptime] unroll: bool,
-    #[define(F, I)] _dtypes: [StorageType; 2],
+    #[comptime] resume: bool,
+    #[define(F, I, O)] _dtypes: [StorageType; 3],
 ) {
     let heads = q.shape(1);
     let window = window as usize;
@@ -166,17 +187,27 @@ pub fn flash_attention_varlen_dkv_kernel<F: Float, I: Numeric>(
         head_dim,
         unroll,
     );
+    let pass = pass_tiles(q_lo, q_hi, tile_begin, tile_count, block_n);
+    let written_scale = select(pass.last, scale, f32::new(1.0));
     #[unroll(unroll)]
     for d in 0..head_dim {
         dv_acc[d] = 0.0;
+    }
+    if resume {
+        if k_valid && pass.active {
+            #[unroll(unroll)]
+            for d in 0..head_dim {
+                dk_acc[d] = f32::cast_from(dk[row * head_dim + d]);
+                dv_acc[d] = f32::cast_from(dv[row * head_dim + d]);
+            }
+        }
     }
 
     let mut q_tile = SharedMemory::<f32>::new(block_n * head_dim);
     let mut do_tile = SharedMemory::<f32>::new(block_n * head_dim);
     let mut lse_tile = SharedMemory::<f32>::new(block_n);
     let mut delta_tile = SharedMemory::<f32>::new(block_n);
-    let tiles = (q_hi - q_lo).div_ceil(block_n);
-    for tile in 0..tiles {
+    for tile in pass.begin..pass.end {
         let qb = q_lo + tile * block_n;
         stage_rows_f32_pair(
             q,
@@ -230,11 +261,11 @@ pub fn flash_attention_varlen_dkv_kernel<F: Float, I: Numeric>(
         sync_cube();
     }
 
-    if k_valid {
+    if k_valid && pass.active {
         #[unroll(unroll)]
         for d in 0..head_dim {
-            dk[row * head_dim + d] = F::cast_from(dk_acc[d] * scale);
-            dv[row * head_dim + d] = F::cast_from(dv_acc[d]);
+            dk[row * head_dim + d] = O::cast_from(dk_acc[d] * written_scale);
+            dv[row * head_dim + d] = O::cast_from(dv_acc[d]);
         }
     }
 }

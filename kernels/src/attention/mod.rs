@@ -22,6 +22,8 @@ mod kernel_backward;
 mod kernel_backward_cmma;
 #[cfg(feature = "cube")]
 mod kernel_cmma;
+#[cfg(feature = "cube")]
+mod passes;
 pub mod reference;
 #[cfg(feature = "cube")]
 mod staging;

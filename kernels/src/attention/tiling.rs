@@ -56,6 +56,42 @@ pub fn query_block<I: Numeric>(
     }
 }
 
+/// The tiles of a cube's range that one launch of a plain kernel walks (`passes.rs`).
+#[derive(CubeType)]
+pub struct PassTiles {
+    /// First tile (index from the range's start).
+    pub begin: usize,
+    /// One past the last tile; `begin` when the launch has none for this cube.
+    pub end: usize,
+    /// Whether the launch has tiles for this cube (uniform over the cube).
+    pub active: bool,
+    /// Whether the launch walks the cube's last tile.
+    pub last: bool,
+}
+
+/// Tiles `tile_begin .. tile_begin + tile_count` of the `block_n`-row tiles over
+/// `lo .. hi`, clipped to those that exist.
+#[cube]
+pub fn pass_tiles(
+    lo: usize,
+    hi: usize,
+    tile_begin: u32,
+    tile_count: u32,
+    #[comptime] block_n: usize,
+) -> PassTiles {
+    let tiles = (hi - lo).div_ceil(block_n);
+    let begin = tile_begin as usize;
+    let active = begin < tiles;
+    let end = begin + tile_count as usize;
+    let end = select(active, select(tiles < end, tiles, end), begin);
+    PassTiles {
+        begin,
+        end,
+        active,
+        last: active && end == tiles,
+    }
+}
+
 /// Whether query `qi` sees key `key` (positions in the sequence), given that keys at or past
 /// `k_hi` are outside the block's range (or the sequence).
 #[cube]
