@@ -3,8 +3,8 @@
 //! on and off, head_dim 32/64/128, and on Wgpu sequences of 2048–4096 tokens; outputs
 //! allocated over poisoned (NaN) memory so that an unwritten row shows. On NdArray both sides are the reference, so the kernel runs on Wgpu
 //! here (lavapipe in CI) and on Cuda through `scripts/gpu-check.sh`. Each check also asserts
-//! which kernel ran: the plain one on Wgpu (WGSL has no cmma) and for f32; the tensor-core
-//! one for f16/bf16 on Cuda unless `MODERNBERT_ATTENTION_PATH=plain` forces the plain one.
+//! which kernel ran: the plain one on Wgpu (WGSL has no cmma) and for f32; for f16/bf16 on
+//! Cuda the mma one (sm80+), or the one `MODERNBERT_ATTENTION_PATH=cmma|plain` forces.
 
 use burn::tensor::{DType, Distribution, Tensor};
 use modernbert::Backend;
@@ -233,11 +233,11 @@ fn wgpu_kernel_matches_reference_f16() {
 fn cuda_kernel_matches_reference() {
     type B = burn::backend::Cuda;
     let device = Default::default();
-    // Tensor cores (cmma) for f16/bf16 on every CUDA GPU since Volta, unless forced off.
-    let half_path = if std::env::var(PATH_ENV).as_deref() == Ok("plain") {
-        KernelPath::Plain
-    } else {
-        KernelPath::TensorCore
+    // f16/bf16: mma.sync on sm80+ (the GPU machine's H200), cmma when forced.
+    let half_path = match std::env::var(PATH_ENV).as_deref() {
+        Ok("plain") => KernelPath::Plain,
+        Ok("cmma") => KernelPath::TensorCore,
+        _ => KernelPath::Mma,
     };
     let max_len = |_| env_max_len(600);
     check_kernel::<B>(&device, DType::F32, 1e-5, max_len, KernelPath::Plain);

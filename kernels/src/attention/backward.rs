@@ -11,7 +11,7 @@ use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeRuntime;
 use cubecl::prelude::*;
 
-use super::forward::{cmma_plan, plain_block_n, plain_forced, plain_unroll, BLOCK_M};
+use super::forward::{cmma_plan, path_choice, plain_block_n, plain_unroll, PathChoice, BLOCK_M};
 use super::kernel_backward::{flash_attention_varlen_dkv_kernel, flash_attention_varlen_dq_kernel};
 use super::kernel_backward_cmma::{
     flash_attention_varlen_dkv_cmma_kernel, flash_attention_varlen_dq_cmma_kernel, scratch_width,
@@ -82,7 +82,7 @@ pub fn varlen_attention_backward<R: CubeRuntime>(
             (meta.offsets.len() - 1) as u32,
         )
     };
-    let plan = if plain_forced() {
+    let plan = if path_choice() == PathChoice::Plain {
         None
     } else {
         cmma_plan(

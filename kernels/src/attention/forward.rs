@@ -1,11 +1,15 @@
 //! Launching the forward kernels on a CubeCL backend (Cuda, Wgpu): shape checks, the choice
 //! of kernel, block sizes, output allocation.
 //!
-//! f16/bf16 inputs take the tensor-core kernel (`kernel_cmma.rs`) where the device has cmma
-//! 16×16×16 with f32 accumulators for that dtype, fixed-size planes and enough shared memory,
-//! and `head_dim` is a multiple of 16 up to 128; everything else (f32 always, lavapipe, WGSL)
-//! takes the plain kernel (`kernel.rs`). `MODERNBERT_ATTENTION_PATH=plain` forces the plain
-//! kernel (see [`PATH_ENV`]).
+//! f16/bf16 inputs take, in order of preference:
+//! - the `mma.sync` kernel (`kernel_mma.rs`, softmax in registers) where the device has
+//!   m16n8k16 with f32 accumulators and `ldmatrix` for that dtype (CUDA sm80 and later);
+//! - the cmma kernel (`kernel_cmma.rs`) where it has cmma 16×16×16 with f32 accumulators,
+//!   fixed-size planes and enough shared memory;
+//!
+//! both for `head_dim` a multiple of 16 up to 128. Everything else (f32 always, lavapipe,
+//! WGSL) takes the plain kernel (`kernel.rs`). [`PATH_ENV`] can force the cmma or the plain
+//! kernel (see [`PathChoice`]).
 
 use burn::tensor::{DType, Shape};
 use burn_cubecl::kernel::{cast, into_contiguous};
@@ -18,6 +22,7 @@ use cubecl::prelude::*;
 
 use super::kernel::flash_attention_varlen_kernel;
 use super::kernel_cmma::{flash_attention_varlen_cmma_kernel, PAD, PAD_F32, TILE};
+use super::kernel_mma::{flash_attention_varlen_mma_kernel, MMA_N};
 use super::passes::{head_dim_loop, staging_loop, walked_tiles, TilePasses};
 use super::{record_kernel_path, KernelPath, VarlenMeta, PATH_ENV};
 
@@ -26,12 +31,12 @@ pub(crate) const BLOCK_M: usize = 64;
 /// Shared memory used for the K and V tiles, in bytes (fits WebGPU's 16 KiB default).
 const TILE_BYTES: usize = 16 * 1024;
 
-/// Planes (warps) per cube of the tensor-core kernel, 16 query rows each.
+/// Planes (warps) per cube of the tensor-core kernels (cmma and mma), 16 query rows each.
 const CMMA_PLANES: usize = 4;
 /// Overrides [`CMMA_PLANES`] (4 or 8) for tuning runs of the benchmark.
 const PLANES_ENV: &str = "MODERNBERT_CMMA_PLANES";
 
-/// Planes per cube of the tensor-core kernel: [`CMMA_PLANES`] unless [`PLANES_ENV`] says 4
+/// Planes per cube of the tensor-core forward kernels: [`CMMA_PLANES`] unless [`PLANES_ENV`] says 4
 /// or 8 (anything else is reported once and ignored).
 fn cmma_planes() -> usize {
     static PLANES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
@@ -45,23 +50,35 @@ fn cmma_planes() -> usize {
         }
     })
 }
-/// Keys per tile of the tensor-core kernel.
+/// Keys per tile of the tensor-core kernels.
 const CMMA_BLOCK_N: usize = 64;
 /// Widest vector the tensor-core kernel moves to and from global memory (16 bytes of f16).
 const CMMA_MAX_VECTOR: usize = 8;
 
-/// Whether [`PATH_ENV`] forces the plain kernels. An unknown value is reported once on
-/// stderr and treated as the default.
-pub(crate) fn plain_forced() -> bool {
+/// Which kernels [`PATH_ENV`] asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PathChoice {
+    /// The fastest kernel that applies (the default, `auto`).
+    Auto,
+    /// The cmma kernels wherever they apply, never the mma forward (`cmma`, for comparisons).
+    Cmma,
+    /// The plain kernels (`plain`).
+    Plain,
+}
+
+/// The kernels [`PATH_ENV`] asks for. An unknown value is reported once on stderr and
+/// treated as the default.
+pub(crate) fn path_choice() -> PathChoice {
     static WARNED: std::sync::Once = std::sync::Once::new();
     match std::env::var(PATH_ENV).as_deref() {
-        Ok("plain") => true,
-        Ok("cmma" | "auto" | "") | Err(_) => false,
+        Ok("plain") => PathChoice::Plain,
+        Ok("cmma") => PathChoice::Cmma,
+        Ok("auto" | "") | Err(_) => PathChoice::Auto,
         Ok(other) => {
             WARNED.call_once(|| {
                 eprintln!("{PATH_ENV}={other:?} is neither plain, cmma nor auto; using auto")
             });
-            false
+            PathChoice::Auto
         }
     }
 }
@@ -140,6 +157,45 @@ pub(crate) fn cmma_plan<R: CubeRuntime>(
     usable.then_some(CmmaPlan { plane_dim, vector })
 }
 
+/// Shared memory of the mma kernel in bytes (see `kernel_mma.rs`): the Q, K and V tiles in
+/// the 2-byte input dtype, the f32 output scratch, each padded to its alignment.
+fn mma_shared_bytes(head_dim: usize) -> usize {
+    let block_m = TILE * cmma_planes();
+    let tiles = (block_m + 2 * CMMA_BLOCK_N) * (head_dim + PAD) * 2;
+    let scratch = block_m * (head_dim + PAD_F32) * 4;
+    tiles + scratch + 4 * 128
+}
+
+/// The vector width of an mma launch for these inputs on this device, or `None` where it
+/// cannot run: it needs `mma.sync` m16n8k16 with f32 accumulators and `ldmatrix` for the
+/// dtype, planes of exactly 32 lanes, and the cmma kernel's other conditions.
+fn mma_plan<R: CubeRuntime>(
+    client: &ComputeClient<R>,
+    dtype: DType,
+    head_dim: usize,
+) -> Option<usize> {
+    let plan = cmma_plan(
+        client,
+        dtype,
+        head_dim,
+        cmma_planes(),
+        mma_shared_bytes(head_dim),
+    )?;
+    let input: StorageType = dtype.into();
+    let config = MmaConfig {
+        a_type: input,
+        b_type: input,
+        cd_type: ElemType::Float(FloatKind::F32).into(),
+        m: TILE as u32,
+        n: MMA_N as u32,
+        k: TILE as u32,
+    };
+    let matmul = &client.properties().features.matmul;
+    let usable =
+        matmul.mma.contains(&config) && matmul.ldmatrix.contains(&input) && plan.plane_dim == 32;
+    usable.then_some(plan.vector)
+}
+
 /// Flash-attention forward over packed sequences; returns `(out, lse)`.
 ///
 /// # Shapes
@@ -185,7 +241,35 @@ pub fn varlen_attention_forward<R: CubeRuntime>(
         )
     };
     let (f_dtype, i_dtype) = (q.dtype, cu_seqlens.dtype);
-    let plan = if plain_forced() {
+    let choice = path_choice();
+    let mma_vector = match choice {
+        PathChoice::Auto => mma_plan(&client, f_dtype, head_dim),
+        PathChoice::Cmma | PathChoice::Plain => None,
+    };
+    if let Some(vector) = mma_vector {
+        flash_attention_varlen_mma_kernel::launch::<R>(
+            &client,
+            grid(TILE * cmma_planes()),
+            CubeDim::new_2d(32, cmma_planes() as u32),
+            vector,
+            q.into_tensor_arg(),
+            k.into_tensor_arg(),
+            v.into_tensor_arg(),
+            cu_seqlens.into_tensor_arg(),
+            out.clone().into_tensor_arg(),
+            lse.clone().into_tensor_arg(),
+            meta.scale,
+            meta.window.unwrap_or(0) as u32,
+            head_dim,
+            CMMA_BLOCK_N,
+            cmma_planes(),
+            meta.window.is_some(),
+            [f_dtype.into(), i_dtype.into()],
+        );
+        record_kernel_path(KernelPath::Mma);
+        return (out, lse);
+    }
+    let plan = if choice == PathChoice::Plain {
         None
     } else {
         cmma_plan(

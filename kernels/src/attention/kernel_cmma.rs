@@ -291,7 +291,7 @@ pub fn flash_attention_varlen_cmma_kernel<F: Float, I: Numeric, N: Size>(
 
 /// Max of `value` over the `lanes_per_row` consecutive units that share a row.
 #[cube]
-fn row_max(value: f32, #[comptime] lanes_per_row: usize) -> f32 {
+pub(super) fn row_max(value: f32, #[comptime] lanes_per_row: usize) -> f32 {
     let mut result = value;
     let mut mask = 1u32;
     #[unroll]
@@ -305,7 +305,7 @@ fn row_max(value: f32, #[comptime] lanes_per_row: usize) -> f32 {
 
 /// Sum of `value` over the `lanes_per_row` consecutive units that share a row.
 #[cube]
-fn row_sum(value: f32, #[comptime] lanes_per_row: usize) -> f32 {
+pub(super) fn row_sum(value: f32, #[comptime] lanes_per_row: usize) -> f32 {
     let mut result = value;
     let mut mask = 1u32;
     #[unroll]

@@ -3,10 +3,11 @@
 //! Sequences of different lengths are packed into one `[total, heads, head_dim]` tensor;
 //! `cu_seqlens` holds their offsets (HF / flash-attn convention). Each token attends only to
 //! tokens of its own sequence, and with a window only to those at most `window` positions
-//! away (ModernBERT's local layers: 64). Backends with CubeCL run our kernels (the
-//! tensor-core `kernel_cmma.rs` for f16/bf16 where the device has cmma, else the plain
-//! `kernel.rs`; `forward.rs` chooses; the backward likewise: `kernel_backward_cmma.rs` or
-//! `kernel_backward.rs`, chosen in `backward.rs`); every other backend runs `reference.rs`.
+//! away (ModernBERT's local layers: 64). Backends with CubeCL run our kernels (for f16/bf16
+//! the `mma.sync` `kernel_mma.rs` on CUDA sm80+, else the cmma `kernel_cmma.rs` where the
+//! device has cmma, else the plain `kernel.rs`; `forward.rs` chooses; the backward has the
+//! cmma `kernel_backward_cmma.rs` and the plain `kernel_backward.rs`, chosen in
+//! `backward.rs`); every other backend runs `reference.rs`.
 
 #[cfg(feature = "cube")]
 pub(crate) mod backward;
@@ -23,6 +24,8 @@ mod kernel_backward_cmma;
 #[cfg(feature = "cube")]
 mod kernel_cmma;
 #[cfg(feature = "cube")]
+mod kernel_mma;
+#[cfg(feature = "cube")]
 mod passes;
 pub mod reference;
 #[cfg(feature = "cube")]
@@ -36,9 +39,9 @@ use burn::tensor::{Int, Tensor, TensorData, TensorPrimitive};
 
 use crate::Backend;
 
-/// Environment variable that chooses the CubeCL kernels, forward and backward: `plain`
-/// forces the plain ones; `cmma` or `auto` (the default) take the tensor-core ones wherever
-/// they apply (f16/bf16, a device with cmma) and the plain ones elsewhere.
+/// Environment variable that chooses the CubeCL kernels, forward and backward: `auto` (the
+/// default) takes the fastest that applies (f16/bf16: mma, then cmma); `cmma` never takes the
+/// mma forward; `plain` forces the plain ones.
 pub const PATH_ENV: &str = "MODERNBERT_ATTENTION_PATH";
 
 /// Which CubeCL kernel computed an attention call.
@@ -48,6 +51,9 @@ pub enum KernelPath {
     Plain,
     /// cmma tiles (tensor cores), f16/bf16 inputs with f32 accumulation.
     TensorCore,
+    /// `mma.sync` tiles with the softmax in registers (CUDA sm80+), f16/bf16 inputs with
+    /// f32 accumulation; forward only.
+    Mma,
 }
 
 /// The most recent CubeCL kernel path of one pass (forward or backward), process-wide.
@@ -63,6 +69,7 @@ impl PathRecord {
         let code = match path {
             KernelPath::Plain => 1,
             KernelPath::TensorCore => 2,
+            KernelPath::Mma => 3,
         };
         self.0.store(code, Ordering::Relaxed);
     }
@@ -71,6 +78,7 @@ impl PathRecord {
         match self.0.load(Ordering::Relaxed) {
             1 => Some(KernelPath::Plain),
             2 => Some(KernelPath::TensorCore),
+            3 => Some(KernelPath::Mma),
             _ => None,
         }
     }

@@ -12,7 +12,7 @@ use super::kernel_cmma::PAD;
 
 /// Copies rows `first .. first + rows` of one head of `src` into `tile` (row stride
 /// `head_dim + PAD`, in the input dtype, as the cmma kernels read it), zeros at and past
-/// `end`. All `units` units of the cube take part.
+/// `end`. All `units` units of the cube take part: [`load_rows`] then [`store_rows`].
 #[cube]
 #[allow(clippy::too_many_arguments)]
 pub fn stage_rows<F: Float, N: Size>(
@@ -28,6 +28,57 @@ pub fn stage_rows<F: Float, N: Size>(
     #[comptime] head_dim: usize,
     #[comptime] units: usize,
 ) {
+    let held = load_rows(
+        src, start, first, end, head, heads, unit, rows, head_dim, units,
+    );
+    store_rows(&held, tile, unit, rows, head_dim, units);
+}
+
+/// This unit's share of rows `first .. first + rows` of one head of `src`, in registers:
+/// vector `unit + i · units` of the rows (row-major, `head_dim / vector` per row) as element
+/// `i`, zeros at and past `end` and past the rows. Issuing the loads early and storing them
+/// with [`store_rows`] later hides their latency behind the work in between.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub fn load_rows<F: Float, N: Size>(
+    src: &Tensor<Vector<F, N>>,
+    start: usize,
+    first: usize,
+    end: usize,
+    head: usize,
+    heads: usize,
+    unit: usize,
+    #[comptime] rows: usize,
+    #[comptime] head_dim: usize,
+    #[comptime] units: usize,
+) -> Array<Vector<F, N>> {
+    let vector = N::value();
+    let row_vectors = comptime!(head_dim / vector);
+    let count = comptime!(rows * head_dim / vector);
+    let mut held = Array::<Vector<F, N>>::new(comptime!(count.div_ceil(units)));
+    #[unroll]
+    for i in 0..comptime!(count.div_ceil(units)) {
+        let e = unit + i * units;
+        let position = first + e / row_vectors;
+        let mut value = Vector::<F, N>::new(F::new(0.0));
+        if e < count && position < end {
+            value = src[((start + position) * heads + head) * row_vectors + e % row_vectors];
+        }
+        held[i] = value;
+    }
+    held
+}
+
+/// Writes what [`load_rows`] returned into `tile` (row stride `head_dim + PAD`).
+#[cube]
+pub fn store_rows<F: Float, N: Size>(
+    held: &Array<Vector<F, N>>,
+    tile: &mut SharedMemory<Vector<F, N>>,
+    unit: usize,
+    #[comptime] rows: usize,
+    #[comptime] head_dim: usize,
+    #[comptime] units: usize,
+) {
     let vector = N::value();
     let row_vectors = comptime!(head_dim / vector);
     let tile_row_vectors = comptime!((head_dim + PAD) / vector);
@@ -36,14 +87,7 @@ pub fn stage_rows<F: Float, N: Size>(
     for i in 0..comptime!(count.div_ceil(units)) {
         let e = unit + i * units;
         if e < count {
-            let r = e / row_vectors;
-            let c = e % row_vectors;
-            let position = first + r;
-            let mut value = Vector::<F, N>::new(F::new(0.0));
-            if position < end {
-                value = src[((start + position) * heads + head) * row_vectors + c];
-            }
-            tile[r * tile_row_vectors + c] = value;
+            tile[(e / row_vectors) * tile_row_vectors + e % row_vectors] = held[i];
         }
     }
 }
