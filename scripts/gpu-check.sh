@@ -2,7 +2,7 @@
 # Runs every GPU-side check in one device call and writes logs under $OUT.
 #
 # Prepare here (the device has no Rust):  scripts/build-gpu-bin.sh
-# Then on the device (repository root):   bash scripts/gpu-check.sh [kernels|e2e|all]
+# Then on the device (repository root):   bash scripts/gpu-check.sh [kernels|e2e|train|breakdown|all]
 # (carry .gl and gpu-bin/kernels.tar.xz for `kernels`, gpu-bin/e2e.tar.xz for `e2e` and
 # `train`: one archive per call keeps the carried tree under 64 MiB; each part fits one
 # 10-minute device call).
@@ -48,6 +48,14 @@ PART=${1:-all} # kernels (parity, kernel tests, attention benchmarks), e2e (tuni
 # throughput vs HF transformers. With TRAIN_MINUTES set (<= 9), instead the >= 10-minute
 # small-model pretraining on WikiText-2: TRAIN_MINUTES of it per call, resumed by each further
 # call until it prints "pretrain: DONE" (see scripts/gpu-train.sh).
+# Where the training bench's step spends its time (issue 6; about a minute, carry e2e.tar.xz):
+# each part timed alone with a device sync around it, table in bench_train_breakdown.md.
+if [ "$PART" = breakdown ]; then
+  step train_breakdown timeout 300 bash scripts/gpu-train.sh breakdown
+  cat "$OUT/bench_train_breakdown.md" | tee -a "$OUT/summary.txt"
+  pack_logs
+  exit $status
+fi
 if [ "$PART" = train ]; then
   if [ -n "${TRAIN_MINUTES:-}" ]; then
     step train_pretrain bash scripts/gpu-train.sh pretrain

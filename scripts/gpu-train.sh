@@ -8,6 +8,9 @@
 #                                       loss falls, checkpoint + resume + HF export work
 #   bash scripts/gpu-train.sh bench     ModernBERT-base, seq 1024, 16 rows/step, Cuda bf16:
 #                                       our tokens/s, then HF transformers' (same call), ratio
+#   bash scripts/gpu-train.sh breakdown the bench's model and batch, each part of one step
+#                                       timed alone (median of 10, sync around each; ~30-60 s):
+#                                       markdown table in $OUT/bench_train_breakdown.md
 #   TRAIN_MINUTES=7 bash scripts/gpu-check.sh train     (runs gpu-train.sh pretrain)
 #                                       the small model (8 layers, hidden 512) from scratch on
 #                                       WikiText-2 (train: test.txt, eval: valid.txt), planned
@@ -26,9 +29,12 @@ mkdir -p "$OUT"
 BIN=/tmp/bin
 DATA=$BIN/data/wikitext-2
 TRAIN=$BIN/modernbert-train
-mode=${1:?usage: gpu-train.sh smoke|bench|pretrain}
+mode=${1:?usage: gpu-train.sh smoke|bench|breakdown|pretrain}
 status=0
 common=(--set "data.train=[\"$DATA/test.txt\"]" --set "data.eval=[\"$DATA/valid.txt\"]")
+# The bench's run: ModernBERT-base, seq 1024, one 16-row micro-batch per step.
+base=(--set model.preset=base --set data.max_seq_len=1024 --set data.tokenizer_vocab_size=32768
+  --set schedule.batch_rows=16 --set schedule.micro_batch_rows=16)
 
 case $mode in
 smoke)
@@ -50,16 +56,19 @@ smoke)
   ;;
 bench)
   run=/tmp/train-bench; rm -rf "$run"
-  "$TRAIN" --backend cuda --dtype bf16 --output-dir "$run" "${common[@]}" \
-    --set model.preset=base --set data.max_seq_len=1024 --set data.tokenizer_vocab_size=32768 \
+  "$TRAIN" --backend cuda --dtype bf16 --output-dir "$run" "${common[@]}" "${base[@]}" \
     --set schedule.total_steps=25 --set schedule.warmup_steps=5 --set schedule.decay_steps=0 \
-    --set schedule.batch_rows=16 --set schedule.micro_batch_rows=16 \
     --set run.eval_every=0 --set run.checkpoint_every=0 --set data.eval_rows=16 \
     >"$OUT/train_bench_ours.log" 2>&1 || status=1
   cp "$run/metrics.jsonl" "$OUT/train_bench_metrics.jsonl" 2>/dev/null
   tail -2 "$OUT/train_bench_ours.log"
   python3 scripts/bench_train_torch.py --config "$run/final/config.json" --rows 16 --seq 1024 \
     --ours "$run/metrics.jsonl" 2>&1 | tee "$OUT/bench_train.md" || status=1
+  ;;
+breakdown)
+  "$TRAIN" --backend cuda --dtype bf16 --breakdown "${common[@]}" "${base[@]}" \
+    >"$OUT/bench_train_breakdown.md" 2>"$OUT/train_breakdown_stderr.log" || status=1
+  cat "$OUT/bench_train_breakdown.md"; tail -3 "$OUT/train_breakdown_stderr.log"
   ;;
 pretrain)
   minutes=${TRAIN_MINUTES:?set TRAIN_MINUTES (minutes of training in this call, at most ~8)}

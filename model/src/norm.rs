@@ -21,7 +21,7 @@ use modernbert_kernels::Backend as KernelBackend;
 /// norms are built over the hidden size that every input to them ends in, with the
 /// validated `norm_eps` of [`ModernBertConfig`](crate::ModernBertConfig), and loaded
 /// weights are shape-checked, so this cannot happen from the model's own forward passes.
-pub(crate) fn layer_norm<B: KernelBackend, const D: usize>(
+pub fn layer_norm<B: KernelBackend, const D: usize>(
     norm: &LayerNorm<B>,
     epsilon: f64,
     x: Tensor<B, D>,

@@ -14,7 +14,7 @@ use modernbert_kernels::{linear, linear_residual, Backend as KernelBackend};
 /// # Shapes
 /// - x: `[..., d_in]`, residual: `[..., d_out]`
 /// - output: `[..., d_out]`
-pub(crate) fn add_projection<B: KernelBackend, const D: usize>(
+pub fn add_projection<B: KernelBackend, const D: usize>(
     residual: Tensor<B, D>,
     layer: &Linear<B>,
     drop: &Dropout,

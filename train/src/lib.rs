@@ -5,8 +5,9 @@
 //! resume from step checkpoints, and an HF-format export.
 //!
 //! The binary `modernbert-train` parses the command line, picks the backend and calls
-//! [`train`].
+//! [`train`], or [`breakdown`] to time the parts of one training step.
 
+pub mod breakdown;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
@@ -20,6 +21,7 @@ pub mod rng;
 pub mod schedule;
 pub mod train;
 
+pub use breakdown::{breakdown, Breakdown, BreakdownOptions};
 pub use config::TrainConfig;
 pub use optimizer::{StableAdamW, StableAdamWConfig};
 pub use train::{train, StepLog, TrainOutcome};

@@ -4,9 +4,10 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use burn::backend::Autodiff;
+use burn::tensor::backend::AutodiffBackend;
 use clap::{Parser, ValueEnum};
 use modernbert_infer::{with_backend, BackendKind};
-use modernbert_train::{train, TrainConfig};
+use modernbert_train::{breakdown, train, BreakdownOptions, TrainConfig};
 
 /// Pretrain a ModernBERT from scratch with MLM (the FlexBERT recipe) and export it in
 /// HuggingFace format.
@@ -42,6 +43,14 @@ struct Cli {
     /// Float type of weights and compute: bf16 needs --backend cuda.
     #[arg(long, value_enum, default_value_t = Dtype::F32)]
     dtype: Dtype,
+    /// Do not train: build the run's model and first batch, time each part of one training
+    /// step (device sync around each) and print a markdown table to stdout.
+    #[arg(long, conflicts_with = "resume")]
+    breakdown: bool,
+    /// Timed runs of each part with --breakdown (the table gives the median), after 2
+    /// untimed ones.
+    #[arg(long, default_value_t = 10, requires = "breakdown")]
+    breakdown_repeats: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -83,17 +92,15 @@ fn main() -> Result<()> {
         }
         None => TrainConfig::load(cli.config.as_deref(), &overrides)?,
     };
-    let resume = cli.resume.as_deref();
     match (cli.dtype, cli.backend) {
         (Dtype::F32, kind) => with_backend!(kind, |B, device| {
-            train::<Autodiff<B>>(config, resume, &device).map(drop)
+            run::<Autodiff<B>>(&cli, config, &device)
         }),
         (Dtype::Bf16, BackendKind::Cuda) => {
             #[cfg(feature = "cuda")]
             {
                 let device = Default::default();
-                train::<Autodiff<burn::backend::Cuda<half::bf16>>>(config, resume, &device)
-                    .map(drop)
+                run::<Autodiff<burn::backend::Cuda<half::bf16>>>(&cli, config, &device)
             }
             #[cfg(not(feature = "cuda"))]
             anyhow::bail!(
@@ -104,4 +111,21 @@ fn main() -> Result<()> {
             anyhow::bail!("--dtype bf16 needs --backend cuda (got {other:?}); use f32 there")
         }
     }
+}
+
+/// Trains, or with `--breakdown` prints the step's timing breakdown.
+fn run<B>(cli: &Cli, config: TrainConfig, device: &B::Device) -> Result<()>
+where
+    B: AutodiffBackend + modernbert::Backend,
+    B::InnerBackend: modernbert::Backend,
+{
+    if cli.breakdown {
+        let options = BreakdownOptions {
+            repeats: cli.breakdown_repeats,
+            ..BreakdownOptions::default()
+        };
+        print!("{}", breakdown::<B>(config, options, device)?.to_markdown());
+        return Ok(());
+    }
+    train::<B>(config, cli.resume.as_deref(), device).map(drop)
 }

@@ -67,6 +67,33 @@ pub struct MlmOutput<B: Backend> {
     pub num_masked: usize,
 }
 
+/// The masked positions of a batch and their labels, on the device.
+#[derive(Debug, Clone)]
+pub struct MaskedTargets<B: Backend> {
+    /// Rows of the packed hidden states to predict. `[num_masked]`
+    pub positions: Tensor<B, 1, Int>,
+    /// Original ids at `positions`. `[num_masked]`
+    pub labels: Tensor<B, 1, Int>,
+}
+
+impl HostBatch {
+    /// Uploads the masked positions and labels to `device`.
+    ///
+    /// # Errors
+    /// When the batch has no masked token (the loss would be a mean over nothing).
+    pub fn targets<B: Backend>(&self, device: &B::Device) -> Result<MaskedTargets<B>> {
+        let num_masked = self.positions.len();
+        anyhow::ensure!(num_masked > 0, "the batch has no masked token");
+        let upload = |values: &[i64]| {
+            Tensor::<B, 1, Int>::from_data(TensorData::new(values.to_vec(), [num_masked]), device)
+        };
+        Ok(MaskedTargets {
+            positions: upload(&self.positions),
+            labels: upload(&self.labels),
+        })
+    }
+}
+
 /// Runs the model on `batch` and scores the masked positions.
 ///
 /// # Errors
@@ -78,19 +105,28 @@ pub fn mlm_forward<B: Backend>(
     batch: &HostBatch,
     device: &B::Device,
 ) -> Result<MlmOutput<B>> {
-    let num_masked = batch.positions.len();
-    anyhow::ensure!(num_masked > 0, "the batch has no masked token");
+    let targets = batch.targets(device)?;
     let input = UnpaddedInput::from_token_ids(&batch.sequences, config, device)
         .context("building the unpadded MLM batch")?;
-    let positions = Tensor::<B, 1, Int>::from_data(
-        TensorData::new(batch.positions.clone(), [num_masked]),
-        device,
-    );
-    let labels =
-        Tensor::<B, 1, Int>::from_data(TensorData::new(batch.labels.clone(), [num_masked]), device);
     let hidden = model.model.forward_unpadded(&input); // [total_nnz, H]
-    let logits = model.logits(hidden.select(0, positions)); // [num_masked, vocab]
-                                                            // Softmax over ~50k classes in f32 even when the model runs in bf16.
+    Ok(mlm_loss(model, hidden, &targets))
+}
+
+/// The head and decoder on the masked rows of the encoder's output only (sparse
+/// prediction), and the cross-entropy against the labels, in f32.
+///
+/// # Shapes
+/// - hidden: `[total_nnz, H]`
+pub fn mlm_loss<B: Backend>(
+    model: &ModernBertForMaskedLM<B>,
+    hidden: Tensor<B, 2>,
+    targets: &MaskedTargets<B>,
+) -> MlmOutput<B> {
+    let [num_masked] = targets.labels.dims();
+    let labels = targets.labels.clone();
+    // The head on the masked rows only: [num_masked, vocab].
+    let logits = model.logits(hidden.select(0, targets.positions.clone()));
+    // Softmax over ~50k classes in f32 even when the model runs in bf16.
     let logits = match logits.dtype() {
         DType::F16 | DType::BF16 => logits.cast(FloatDType::F32),
         _ => logits,
@@ -107,11 +143,11 @@ pub fn mlm_forward<B: Backend>(
         .gather(1, labels.reshape([num_masked, 1]))
         .mean()
         .neg();
-    Ok(MlmOutput {
+    MlmOutput {
         loss,
         correct,
         num_masked,
-    })
+    }
 }
 
 #[cfg(test)]

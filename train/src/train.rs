@@ -15,7 +15,7 @@ use modernbert::{Backend, HfModel};
 use serde_json::json;
 
 use crate::checkpoint::{self, Checkpoint, RunState};
-use crate::config::{OnNonFinite, TrainConfig};
+use crate::config::{DataConfig, OnNonFinite, OptimizerConfig, TrainConfig};
 use crate::data::{
     resolve_paths, split_documents, DocumentCursor, Documents, Packer, RowStream, RunTokenizer,
     Split,
@@ -100,66 +100,23 @@ where
     // Data and tokenizer.
     let (d, s, r) = (&config.data, &config.schedule, &config.run);
     let train_files = resolve_paths(&d.train)?;
-    let (train_split, eval_source) = match (d.eval.is_empty(), d.holdout_every) {
-        (false, _) => (Split::All, Some((resolve_paths(&d.eval)?, Split::All))),
-        (true, 0) => (Split::All, None),
-        (true, n) => (
-            Split::Train { holdout_every: n },
-            Some((train_files.clone(), Split::HeldOut { holdout_every: n })),
-        ),
-    };
-    let tokenizer = match (&checkpoint, &d.tokenizer) {
-        (Some(c), _) => RunTokenizer::from_file(&c.tokenizer())?,
-        (None, Some(path)) => RunTokenizer::from_file(path)?,
-        (None, None) => {
-            eprintln!(
-                "training a {}-token BPE tokenizer on the training split",
-                d.tokenizer_vocab_size
-            );
-            let docs = Documents::new(
-                train_files.clone(),
-                d.text_split,
-                false,
-                DocumentCursor::default(),
-            );
-            RunTokenizer::train(split_documents(docs, train_split), d.tokenizer_vocab_size)?
-        }
+    let (train_split, eval_source) = data_splits(d, &train_files)?;
+    let tokenizer = match &checkpoint {
+        Some(c) => RunTokenizer::from_file(&c.tokenizer())?,
+        None => fresh_tokenizer(d, &train_files, train_split)?,
     };
     let tokenizer_path = out.join("tokenizer.json");
     tokenizer.save(&tokenizer_path)?;
-    let masking = MaskingTokens {
-        mask: tokenizer.mask,
-        never: [tokenizer.cls, tokenizer.sep, tokenizer.pad],
-        vocab_size: tokenizer.vocab_size as u32,
-    };
+    let masking = masking_tokens(&tokenizer);
 
     // Model and optimizer.
-    let model_config = config.model_config(
-        tokenizer.vocab_size,
-        tokenizer.pad,
-        tokenizer.cls,
-        tokenizer.sep,
-    );
-    model_config
-        .validate()
-        .context("the model config from [model] is invalid")?;
-    B::seed(device, r.seed);
-    let mut model = model_config.init_masked_lm::<B>(device);
-    // Burn initializes parameters lazily, at first use: force it now, so that the init draws
-    // from `run.seed` alone and not from the RNG state of the first step's dropout.
-    model.visit(&mut ForceInit);
+    let (model_config, mut model) = init_model::<B>(&config, &tokenizer, device)?;
     let num_params = model.num_params();
     preflight::check_space(
         &out,
         preflight::bytes_needed(num_params, r.keep_checkpoints),
     )?;
-    let o = &config.optimizer;
-    let mut optim = StableAdamWConfig::new(o.lr)
-        .with_beta_1(o.beta_1)
-        .with_beta_2(o.beta_2)
-        .with_epsilon(o.epsilon)
-        .with_weight_decay(o.weight_decay)
-        .init::<B, _>();
+    let mut optim = stable_adamw(&config.optimizer).init::<B, _>();
     let (mut step, mut rng, mut tokens_seen, data_state) = match &checkpoint {
         Some(c) => {
             model = c.load_model(model, device)?;
@@ -209,7 +166,7 @@ where
     };
 
     let schedule = WsdSchedule {
-        lr_max: o.lr,
+        lr_max: config.optimizer.lr,
         warmup_steps: s.warmup_steps,
         decay_steps: s.decay_steps,
         total_steps: s.total_steps,
@@ -403,6 +360,102 @@ where
         outcome.export_dir.display()
     );
     Ok(outcome)
+}
+
+/// The training split of `train_files` and, when `[data]` asks for evaluation, the
+/// evaluation files with their split: `data.eval` whole, or the documents held out of
+/// `data.train` (one in `holdout_every`).
+///
+/// # Errors
+/// A `data.eval` pattern that matches no file.
+pub(crate) fn data_splits(
+    d: &DataConfig,
+    train_files: &[PathBuf],
+) -> Result<(Split, Option<(Vec<PathBuf>, Split)>)> {
+    Ok(match (d.eval.is_empty(), d.holdout_every) {
+        (false, _) => (Split::All, Some((resolve_paths(&d.eval)?, Split::All))),
+        (true, 0) => (Split::All, None),
+        (true, n) => (
+            Split::Train { holdout_every: n },
+            Some((train_files.to_vec(), Split::HeldOut { holdout_every: n })),
+        ),
+    })
+}
+
+/// The tokenizer of a run that does not resume: `data.tokenizer`, or a byte-level BPE of
+/// `data.tokenizer_vocab_size` tokens trained on the training split.
+///
+/// # Errors
+/// An unreadable tokenizer file or training corpus.
+pub(crate) fn fresh_tokenizer(
+    d: &DataConfig,
+    train_files: &[PathBuf],
+    split: Split,
+) -> Result<RunTokenizer> {
+    match &d.tokenizer {
+        Some(path) => RunTokenizer::from_file(path),
+        None => {
+            eprintln!(
+                "training a {}-token BPE tokenizer on the training split",
+                d.tokenizer_vocab_size
+            );
+            let docs = Documents::new(
+                train_files.to_vec(),
+                d.text_split,
+                false,
+                DocumentCursor::default(),
+            );
+            RunTokenizer::train(split_documents(docs, split), d.tokenizer_vocab_size)
+        }
+    }
+}
+
+/// The ids the masking of `tokenizer`'s rows needs.
+pub(crate) fn masking_tokens(tokenizer: &RunTokenizer) -> MaskingTokens {
+    MaskingTokens {
+        mask: tokenizer.mask,
+        never: [tokenizer.cls, tokenizer.sep, tokenizer.pad],
+        vocab_size: tokenizer.vocab_size as u32,
+    }
+}
+
+/// The architecture of `config` for `tokenizer`, and the model drawn from `run.seed` with
+/// every parameter initialized.
+///
+/// # Errors
+/// When the resulting [`ModernBertConfig`](modernbert::ModernBertConfig) is invalid.
+pub(crate) fn init_model<B: Backend>(
+    config: &TrainConfig,
+    tokenizer: &RunTokenizer,
+    device: &B::Device,
+) -> Result<(
+    modernbert::ModernBertConfig,
+    modernbert::ModernBertForMaskedLM<B>,
+)> {
+    let model_config = config.model_config(
+        tokenizer.vocab_size,
+        tokenizer.pad,
+        tokenizer.cls,
+        tokenizer.sep,
+    );
+    model_config
+        .validate()
+        .context("the model config from [model] is invalid")?;
+    B::seed(device, config.run.seed);
+    let model = model_config.init_masked_lm::<B>(device);
+    // Burn initializes parameters lazily, at first use: force it now, so that the init draws
+    // from `run.seed` alone and not from the RNG state of the first step's dropout.
+    model.visit(&mut ForceInit);
+    Ok((model_config, model))
+}
+
+/// StableAdamW with the hyper-parameters of `[optimizer]`.
+pub(crate) fn stable_adamw(o: &OptimizerConfig) -> StableAdamWConfig {
+    StableAdamWConfig::new(o.lr)
+        .with_beta_1(o.beta_1)
+        .with_beta_2(o.beta_2)
+        .with_epsilon(o.epsilon)
+        .with_weight_decay(o.weight_decay)
 }
 
 /// Touches every parameter, which makes Burn run its lazy initialization.
