@@ -362,6 +362,9 @@ where
     Ok(outcome)
 }
 
+/// The evaluation files and the split of them to read.
+pub(crate) type EvalSource = (Vec<PathBuf>, Split);
+
 /// The training split of `train_files` and, when `[data]` asks for evaluation, the
 /// evaluation files with their split: `data.eval` whole, or the documents held out of
 /// `data.train` (one in `holdout_every`).
@@ -371,7 +374,7 @@ where
 pub(crate) fn data_splits(
     d: &DataConfig,
     train_files: &[PathBuf],
-) -> Result<(Split, Option<(Vec<PathBuf>, Split)>)> {
+) -> Result<(Split, Option<EvalSource>)> {
     Ok(match (d.eval.is_empty(), d.holdout_every) {
         (false, _) => (Split::All, Some((resolve_paths(&d.eval)?, Split::All))),
         (true, 0) => (Split::All, None),
