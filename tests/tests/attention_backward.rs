@@ -167,13 +167,14 @@ fn wgpu_backward_kernels_match_reference_autodiff() {
     );
 }
 
-/// The backward kernels that f16/bf16 take on Cuda: tensor cores unless forced off.
+/// The backward kernels that f16/bf16 take on Cuda: mma.sync on sm80+ (the GPU machine's
+/// H200), or the ones `MODERNBERT_ATTENTION_PATH=cmma|plain` forces.
 #[cfg(feature = "cuda")]
 fn cuda_half_path() -> KernelPath {
-    if std::env::var(PATH_ENV).as_deref() == Ok("plain") {
-        KernelPath::Plain
-    } else {
-        KernelPath::TensorCore
+    match std::env::var(PATH_ENV).as_deref() {
+        Ok("plain") => KernelPath::Plain,
+        Ok("cmma") => KernelPath::TensorCore,
+        _ => KernelPath::Mma,
     }
 }
 

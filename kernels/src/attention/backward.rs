@@ -11,8 +11,13 @@ use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeRuntime;
 use cubecl::prelude::*;
 
-use super::forward::{cmma_plan, path_choice, plain_block_n, plain_unroll, PathChoice, BLOCK_M};
+use super::forward::{
+    cmma_plan, mma_plan, path_choice, plain_block_n, plain_unroll, PathChoice, BLOCK_M,
+};
 use super::kernel_backward::{flash_attention_varlen_dkv_kernel, flash_attention_varlen_dq_kernel};
+use super::kernel_backward_mma::{
+    flash_attention_varlen_dkv_mma_kernel, flash_attention_varlen_dq_mma_kernel,
+};
 use super::kernel_backward_cmma::{
     flash_attention_varlen_dkv_cmma_kernel, flash_attention_varlen_dq_cmma_kernel, scratch_width,
 };
@@ -23,6 +28,24 @@ use super::{record_backward_kernel_path, KernelPath, VarlenMeta};
 /// Planes (warps) per cube of the tensor-core backward kernels: 16 own rows each, and tiles
 /// of `16 · planes` other rows.
 const CMMA_PLANES: usize = 4;
+
+/// Planes per cube of the mma backward kernels (16 own rows each).
+const MMA_PLANES: usize = 4;
+/// Other rows per tile of the mma dQ kernel (keys) and dK/dV kernel (queries): the dK/dV
+/// kernel holds four `16 × head_dim` accumulators and so takes half the tile.
+const MMA_DQ_BLOCK_N: usize = 64;
+const MMA_DKV_BLOCK_N: usize = 32;
+
+/// Shared memory of the mma backward kernels in bytes, the larger of the two (see
+/// `kernel_backward_mma.rs`): the own rows' staging tile, two tiles of other rows in the
+/// 2-byte input dtype, lse and D, the f32 output scratch, each padded to the alignment.
+fn mma_shared_bytes(head_dim: usize) -> usize {
+    let block_m = TILE * MMA_PLANES;
+    let tiles = (block_m + 2 * MMA_DQ_BLOCK_N.max(MMA_DKV_BLOCK_N)) * (head_dim + PAD) * 2;
+    let row_values = 2 * MMA_DKV_BLOCK_N * 4;
+    let scratch = block_m * (head_dim + PAD_F32) * 4;
+    tiles + row_values + scratch + 6 * SMEM_ALIGN
+}
 
 /// Shared memory of the tensor-core dK/dV kernel in bytes, the larger of the two (see
 /// `kernel_backward_cmma.rs`): two staged tiles, lse and D, the per-plane Pᵀ and dSᵀ tiles
@@ -82,7 +105,66 @@ pub fn varlen_attention_backward<R: CubeRuntime>(
             (meta.offsets.len() - 1) as u32,
         )
     };
-    let plan = if path_choice() == PathChoice::Plain {
+    let choice = path_choice();
+    let mma_vector = match choice {
+        PathChoice::Auto => mma_plan(
+            &client,
+            q.dtype,
+            head_dim,
+            MMA_PLANES,
+            mma_shared_bytes(head_dim),
+        ),
+        PathChoice::Cmma | PathChoice::Plain => None,
+    };
+    if let Some(vector) = mma_vector {
+        let cube_dim = CubeDim::new_2d(32, MMA_PLANES as u32);
+        flash_attention_varlen_dq_mma_kernel::launch::<R>(
+            &client,
+            grid(TILE * MMA_PLANES),
+            cube_dim,
+            vector,
+            q.clone().into_tensor_arg(),
+            k.clone().into_tensor_arg(),
+            v.clone().into_tensor_arg(),
+            d_out.clone().into_tensor_arg(),
+            lse.clone().into_tensor_arg(),
+            delta.clone().into_tensor_arg(),
+            cu_seqlens.clone().into_tensor_arg(),
+            dq.clone().into_tensor_arg(),
+            scale,
+            window,
+            head_dim,
+            MMA_DQ_BLOCK_N,
+            MMA_PLANES,
+            windowed,
+            dtypes,
+        );
+        flash_attention_varlen_dkv_mma_kernel::launch::<R>(
+            &client,
+            grid(TILE * MMA_PLANES),
+            cube_dim,
+            vector,
+            q.into_tensor_arg(),
+            k.into_tensor_arg(),
+            v.into_tensor_arg(),
+            d_out.into_tensor_arg(),
+            lse.into_tensor_arg(),
+            delta.into_tensor_arg(),
+            cu_seqlens.into_tensor_arg(),
+            dk.clone().into_tensor_arg(),
+            dv.clone().into_tensor_arg(),
+            scale,
+            window,
+            head_dim,
+            MMA_DKV_BLOCK_N,
+            MMA_PLANES,
+            windowed,
+            dtypes,
+        );
+        record_backward_kernel_path(KernelPath::Mma);
+        return (dq, dk, dv);
+    }
+    let plan = if choice == PathChoice::Plain {
         None
     } else {
         cmma_plan(

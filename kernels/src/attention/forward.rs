@@ -22,7 +22,8 @@ use cubecl::prelude::*;
 
 use super::kernel::flash_attention_varlen_kernel;
 use super::kernel_cmma::{flash_attention_varlen_cmma_kernel, PAD, PAD_F32, TILE};
-use super::kernel_mma::{flash_attention_varlen_mma_kernel, MMA_N};
+use super::kernel_mma::flash_attention_varlen_mma_kernel;
+use super::mma_tiles::MMA_N;
 use super::passes::{head_dim_loop, staging_loop, walked_tiles, TilePasses};
 use super::{record_kernel_path, KernelPath, VarlenMeta, PATH_ENV};
 
@@ -166,21 +167,18 @@ fn mma_shared_bytes(head_dim: usize) -> usize {
     tiles + scratch + 4 * 128
 }
 
-/// The vector width of an mma launch for these inputs on this device, or `None` where it
+/// The vector width of an mma launch (forward or backward) for these inputs on this device,
+/// with `planes` planes per cube and `shared_bytes` of shared memory, or `None` where it
 /// cannot run: it needs `mma.sync` m16n8k16 with f32 accumulators and `ldmatrix` for the
-/// dtype, planes of exactly 32 lanes, and the cmma kernel's other conditions.
-fn mma_plan<R: CubeRuntime>(
+/// dtype, planes of exactly 32 lanes, and the cmma kernels' other conditions.
+pub(crate) fn mma_plan<R: CubeRuntime>(
     client: &ComputeClient<R>,
     dtype: DType,
     head_dim: usize,
+    planes: usize,
+    shared_bytes: usize,
 ) -> Option<usize> {
-    let plan = cmma_plan(
-        client,
-        dtype,
-        head_dim,
-        cmma_planes(),
-        mma_shared_bytes(head_dim),
-    )?;
+    let plan = cmma_plan(client, dtype, head_dim, planes, shared_bytes)?;
     let input: StorageType = dtype.into();
     let config = MmaConfig {
         a_type: input,
@@ -243,7 +241,13 @@ pub fn varlen_attention_forward<R: CubeRuntime>(
     let (f_dtype, i_dtype) = (q.dtype, cu_seqlens.dtype);
     let choice = path_choice();
     let mma_vector = match choice {
-        PathChoice::Auto => mma_plan(&client, f_dtype, head_dim),
+        PathChoice::Auto => mma_plan(
+            &client,
+            f_dtype,
+            head_dim,
+            cmma_planes(),
+            mma_shared_bytes(head_dim),
+        ),
         PathChoice::Cmma | PathChoice::Plain => None,
     };
     if let Some(vector) = mma_vector {

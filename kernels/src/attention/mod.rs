@@ -5,8 +5,8 @@
 //! tokens of its own sequence, and with a window only to those at most `window` positions
 //! away (ModernBERT's local layers: 64). Backends with CubeCL run our kernels (for f16/bf16
 //! the `mma.sync` `kernel_mma.rs` on CUDA sm80+, else the cmma `kernel_cmma.rs` where the
-//! device has cmma, else the plain `kernel.rs`; `forward.rs` chooses; the backward has the
-//! cmma `kernel_backward_cmma.rs` and the plain `kernel_backward.rs`, chosen in
+//! device has cmma, else the plain `kernel.rs`; `forward.rs` chooses; the backward likewise:
+//! `kernel_backward_mma.rs`, `kernel_backward_cmma.rs` or `kernel_backward.rs`, chosen in
 //! `backward.rs`); every other backend runs `reference.rs`.
 
 #[cfg(feature = "cube")]
@@ -24,7 +24,11 @@ mod kernel_backward_cmma;
 #[cfg(feature = "cube")]
 mod kernel_cmma;
 #[cfg(feature = "cube")]
+mod kernel_backward_mma;
+#[cfg(feature = "cube")]
 mod kernel_mma;
+#[cfg(feature = "cube")]
+mod mma_tiles;
 #[cfg(feature = "cube")]
 mod passes;
 pub mod reference;
@@ -41,7 +45,7 @@ use crate::Backend;
 
 /// Environment variable that chooses the CubeCL kernels, forward and backward: `auto` (the
 /// default) takes the fastest that applies (f16/bf16: mma, then cmma); `cmma` never takes the
-/// mma forward; `plain` forces the plain ones.
+/// mma kernels; `plain` forces the plain ones.
 pub const PATH_ENV: &str = "MODERNBERT_ATTENTION_PATH";
 
 /// Which CubeCL kernel computed an attention call.
@@ -51,8 +55,8 @@ pub enum KernelPath {
     Plain,
     /// cmma tiles (tensor cores), f16/bf16 inputs with f32 accumulation.
     TensorCore,
-    /// `mma.sync` tiles with the softmax in registers (CUDA sm80+), f16/bf16 inputs with
-    /// f32 accumulation; forward only.
+    /// `mma.sync` tiles with the element-wise work in registers (CUDA sm80+), f16/bf16
+    /// inputs with f32 accumulation.
     Mma,
 }
 

@@ -1,0 +1,237 @@
+//! Plane-level `mma.sync` m16n8k16 products with known register layouts (cube code shared by
+//! the mma forward and backward kernels, CUDA sm80+ through CubeCL's [`MmaDefinition`]).
+//!
+//! With lane `l = 4g + t` of a 32-lane plane (`g = l / 4`, `t = l % 4`), PTX's layouts are:
+//! - an accumulator (16 × 8, f32): rows `g` (pair 0) and `g + 8` (pair 1), columns
+//!   `2t, 2t + 1`;
+//! - an A operand (16 × 16, f16/bf16): registers 0–3 hold (row `g`, columns `2t..`),
+//!   (row `g + 8`, `2t..`), (row `g`, `8 + 2t..`), (row `g + 8`, `8 + 2t..`);
+//! - so two accumulators over columns `0..8` and `8..16`, narrowed, *are* the A operand of
+//!   those 16 columns ([`accumulate_products`] uses scores as the left factor this way).
+//!
+//! Operands come from tiles staged in shared memory (rows of `head_dim` elements, row stride
+//! `head_dim + PAD`, `staging.rs`) with `ldmatrix.x4`: lanes `8j .. 8j + 8` give the row
+//! addresses of 8×8 matrix `j`, and the register `j` of every lane receives its part of
+//! matrix `j`. The padding makes the 8 rows of a matrix fall in distinct banks.
+//!
+//! Every call must be made by all 32 lanes of the plane together.
+
+use cubecl::cmma::{MatrixIdent, MmaDefinition};
+use cubecl::prelude::*;
+
+use super::kernel_cmma::{PAD, TILE};
+
+/// Columns of one accumulator (m16n8k16: 16 rows × 8 columns).
+pub const MMA_N: usize = 8;
+/// Lanes that share the rows of an accumulator (`t = lane % 4`).
+pub const QUAD: usize = 4;
+
+/// One 32-bit operand register: two f16/bf16 values.
+pub type Pair<F> = Vector<F, Const<2>>;
+/// Two f32 values of one accumulator row.
+pub type AccPair = Vector<f32, Const<2>>;
+
+/// Rows `first_row .. first_row + 16` of a staged tile as A operands, one per 16 columns of
+/// `head_dim`.
+#[cube]
+pub fn row_operands<F: Float, N: Size>(
+    tile: &SharedMemory<Vector<F, N>>,
+    first_row: usize,
+    #[comptime] head_dim: usize,
+) -> Sequence<Array<Pair<F>>> {
+    let def = MmaDefinition::<F, F, f32>::new(TILE, MMA_N, TILE);
+    let lane = UNIT_POS_X as usize;
+    let sub_row = lane % 8;
+    let matrix = lane / 8;
+    let mut operands = Sequence::<Array<Pair<F>>>::new();
+    #[unroll]
+    for d in 0..comptime!(head_dim / TILE) {
+        // Matrix j: rows +8 if j is odd, columns +8 if j ≥ 2.
+        let row = first_row + (matrix % 2) * 8 + sub_row;
+        let offset = tile_offset::<N>(row, d * TILE + (matrix / 2) * 8, head_dim);
+        operands.push(def.load_matrix::<Vector<F, N>, Const<2>>(
+            &tile.slice(offset, offset + 1),
+            MatrixIdent::A,
+            4usize,
+            false,
+        ));
+    }
+    operands
+}
+
+/// `columns / 8` accumulators set to zero.
+#[cube]
+pub fn zero_accumulators(#[comptime] columns: usize) -> Sequence<Array<AccPair>> {
+    let mut accs = Sequence::<Array<AccPair>>::new();
+    #[unroll]
+    for _ in 0..comptime!(columns / MMA_N) {
+        let mut acc = Array::<AccPair>::new(2usize);
+        acc[0usize] = AccPair::new(0.0);
+        acc[1usize] = AccPair::new(0.0);
+        accs.push(acc);
+    }
+    accs
+}
+
+/// `A·Bᵀ` for the plane's 16 rows `A` (operands over `head_dim`) and the first `rows` rows of
+/// a staged tile `B`: `rows / 8` accumulators, accumulator `n` for rows `8n..` of `B`.
+#[cube]
+pub fn scores<F: Float, N: Size>(
+    a: &Sequence<Array<Pair<F>>>,
+    b_tile: &SharedMemory<Vector<F, N>>,
+    #[comptime] rows: usize,
+    #[comptime] head_dim: usize,
+) -> Sequence<Array<AccPair>> {
+    let def = MmaDefinition::<F, F, f32>::new(TILE, MMA_N, TILE);
+    let lane = UNIT_POS_X as usize;
+    let sub_row = lane % 8;
+    let matrix = lane / 8;
+    let mut acc = zero_accumulators(rows);
+    #[unroll]
+    for n2 in 0..comptime!(rows / TILE) {
+        #[unroll]
+        for d in 0..comptime!(head_dim / TILE) {
+            // B = rows of the tile, read as they are (k = columns): matrix j holds rows +8 if
+            // j ≥ 2, columns +8 if j is odd, so registers 0–1 serve rows 16·n2.. and 2–3 the
+            // next 8.
+            let row = n2 * TILE + (matrix / 2) * 8 + sub_row;
+            let offset = tile_offset::<N>(row, d * TILE + (matrix % 2) * 8, head_dim);
+            let b = def.load_matrix::<Vector<F, N>, Const<2>>(
+                &b_tile.slice(offset, offset + 1),
+                MatrixIdent::B,
+                4usize,
+                false,
+            );
+            def.execute_inplace(a.index(d), &register_pair(&b, 0usize), acc.index_mut(2 * n2));
+            def.execute_inplace(
+                a.index(d),
+                &register_pair(&b, 1usize),
+                acc.index_mut(2 * n2 + 1),
+            );
+        }
+    }
+    acc
+}
+
+/// `acc += P·B` for the plane's `16 × depth` accumulators `P` (narrowed to the input dtype)
+/// and the first `depth` rows of a staged tile `B`, one accumulator per 8 columns of
+/// `head_dim`.
+#[cube]
+pub fn accumulate_products<F: Float, N: Size>(
+    acc: &mut Sequence<Array<AccPair>>,
+    p: &Sequence<Array<AccPair>>,
+    b_tile: &SharedMemory<Vector<F, N>>,
+    #[comptime] depth: usize,
+    #[comptime] head_dim: usize,
+) {
+    let def = MmaDefinition::<F, F, f32>::new(TILE, MMA_N, TILE);
+    let lane = UNIT_POS_X as usize;
+    let sub_row = lane % 8;
+    let matrix = lane / 8;
+    #[unroll]
+    for j in 0..comptime!(depth / TILE) {
+        let a = narrowed_operand::<F>(p.index(2 * j), p.index(2 * j + 1));
+        #[unroll]
+        for d2 in 0..comptime!(head_dim / TILE) {
+            // B = the tile's rows j·16.. as k, transposed by `ldmatrix.trans`: matrix j holds
+            // rows +8 if j is odd, columns +8 if j ≥ 2, so registers 0–1 serve columns 16·d2..
+            // and 2–3 the next 8.
+            let row = j * TILE + (matrix % 2) * 8 + sub_row;
+            let offset = tile_offset::<N>(row, d2 * TILE + (matrix / 2) * 8, head_dim);
+            let b = def.load_matrix::<Vector<F, N>, Const<2>>(
+                &b_tile.slice(offset, offset + 1),
+                MatrixIdent::B,
+                4usize,
+                true,
+            );
+            def.execute_inplace(&a, &register_pair(&b, 0usize), acc.index_mut(2 * d2));
+            def.execute_inplace(&a, &register_pair(&b, 1usize), acc.index_mut(2 * d2 + 1));
+        }
+    }
+}
+
+/// Writes the plane's 16 rows of `head_dim / 8` accumulators, row `g + 8e` multiplied by
+/// `row_scale[e]`, to rows `first_row ..` of `out` (positions `first_row ..` of the sequence
+/// from packed token `start`, one head), skipping rows at or past `len`. The rows go through
+/// the plane's rows of the f32 `scratch` (row stride `head_dim + PAD_F32`) to leave as
+/// vector stores, two lanes per row.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub fn write_rows<F: Float, N: Size>(
+    acc: &Sequence<Array<AccPair>>,
+    row_scale: &Array<f32>,
+    scratch: &mut SharedMemory<f32>,
+    out: &mut Tensor<Vector<F, N>>,
+    first_row: usize,
+    position0: usize,
+    start: usize,
+    len: usize,
+    head: usize,
+    heads: usize,
+    #[comptime] head_dim: usize,
+    #[comptime] scratch_stride: usize,
+) {
+    let lane = UNIT_POS_X as usize;
+    let g = lane / QUAD;
+    let t = lane % QUAD;
+    #[unroll]
+    for e in 0..comptime!(2usize) {
+        let row = first_row + g + 8 * e;
+        #[unroll]
+        for n in 0..comptime!(head_dim / MMA_N) {
+            let acc_n = acc.index(n);
+            let pair = acc_n[e];
+            #[unroll]
+            for c in 0..comptime!(2usize) {
+                scratch[row * scratch_stride + n * MMA_N + 2 * t + c] = pair[c] * row_scale[e];
+            }
+        }
+    }
+    sync_plane();
+    let vector = N::value();
+    let lanes_per_row = comptime!(32 / TILE);
+    let row = first_row + lane / lanes_per_row;
+    let part = lane % lanes_per_row;
+    let position = position0 + row;
+    if position < len {
+        let row_vectors = comptime!(head_dim / vector);
+        let token_head = (start + position) * heads + head;
+        #[unroll]
+        for j in 0..comptime!(row_vectors / lanes_per_row) {
+            let chunk = j * lanes_per_row + part;
+            let mut value = Vector::<F, N>::empty();
+            #[unroll]
+            for e in 0..vector {
+                value[e] = F::cast_from(scratch[row * scratch_stride + chunk * vector + e]);
+            }
+            out[token_head * row_vectors + chunk] = value;
+        }
+    }
+}
+
+/// Offset, in vectors of `N`, of element `column` of row `row` of a staged tile.
+#[cube]
+fn tile_offset<N: Size>(row: usize, column: usize, #[comptime] head_dim: usize) -> usize {
+    (row * comptime!(head_dim + PAD) + column) / N::value()
+}
+
+/// Registers `2h, 2h + 1` of an `ldmatrix.x4` result: one B operand (16 × 8).
+#[cube]
+fn register_pair<F: Float>(regs: &Array<Pair<F>>, #[comptime] h: usize) -> Array<Pair<F>> {
+    let mut pair = Array::<Pair<F>>::new(2usize);
+    pair[0usize] = regs[2 * h];
+    pair[1usize] = regs[2 * h + 1];
+    pair
+}
+
+/// The A operand of two accumulators over columns `0..8` (`low`) and `8..16` (`high`),
+/// narrowed to the input dtype (see the module doc).
+#[cube]
+fn narrowed_operand<F: Float>(low: &Array<AccPair>, high: &Array<AccPair>) -> Array<Pair<F>> {
+    let mut a = Array::<Pair<F>>::new(4usize);
+    a[0usize] = Pair::<F>::cast_from(low[0usize]);
+    a[1usize] = Pair::<F>::cast_from(low[1usize]);
+    a[2usize] = Pair::<F>::cast_from(high[0usize]);
+    a[3usize] = Pair::<F>::cast_from(high[1usize]);
+    a
+}
