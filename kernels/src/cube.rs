@@ -11,7 +11,7 @@ use cubek::std::InputBinding;
 
 use crate::attention::backward::varlen_attention_backward;
 use crate::attention::forward::varlen_attention_forward;
-use crate::{Backend, VarlenMeta};
+use crate::{Backend, StableAdamWStep, VarlenMeta};
 
 impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> Backend
     for CubeBackend<R, F, I, BT>
@@ -82,6 +82,16 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> Backend
 
     fn geglu_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
         crate::geglu::kernel::geglu_backward(x, grad)
+    }
+
+    fn stable_adamw_step(
+        param: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        exp_avg: FloatTensor<Self>,
+        exp_avg_sq: FloatTensor<Self>,
+        step: &StableAdamWStep,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        crate::stable_adamw::kernel::stable_adamw_step(param, grad, exp_avg, exp_avg_sq, step)
     }
 
     fn layer_norm_forward(

@@ -2,7 +2,8 @@
 //! backends run better (or more exactly) than Burn's generic ops.
 //!
 //! Model code calls the free functions here ([`matmul`], [`linear`], [`linear_residual`],
-//! [`geglu()`], [`layer_norm()`], [`rope_qkv`], [`varlen_attention`]); each backend picks
+//! [`geglu()`], [`layer_norm()`], [`rope_qkv`], [`varlen_attention`], and the optimizer's
+//! [`stable_adamw_step`]); each backend picks
 //! its implementation through [`Backend`]. Backends without a specialised kernel use the
 //! default methods, which are plain Burn ops.
 
@@ -23,6 +24,7 @@ pub mod geglu;
 mod gemm_layout;
 pub mod layer_norm;
 pub mod rope;
+pub mod stable_adamw;
 
 #[cfg(feature = "cuda")]
 pub use cublaslt::status as cublaslt_status;
@@ -34,6 +36,7 @@ pub use attention::{
 pub use geglu::{geglu, GegluError};
 pub use layer_norm::{layer_norm, LayerNormError};
 pub use rope::{rope_qkv, RopeError};
+pub use stable_adamw::{stable_adamw_step, StableAdamWError, StableAdamWStep};
 
 /// A Burn backend with modernbert's extension operations.
 pub trait Backend: burn::tensor::backend::Backend {
@@ -86,6 +89,31 @@ pub trait Backend: burn::tensor::backend::Backend {
         geglu::geglu_backward_reference(wrap(x), wrap(grad))
             .into_primitive()
             .tensor()
+    }
+
+    /// One StableAdamW update of a flat parameter tensor (see [`stable_adamw_step`], which
+    /// validates the shapes); returns `(param, exp_avg, exp_avg_sq)`. The default is the
+    /// exact reference in plain tensor ops.
+    ///
+    /// # Shapes
+    /// - param, grad, exp_avg, exp_avg_sq: `[n]`; outputs likewise
+    fn stable_adamw_step(
+        param: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        exp_avg: FloatTensor<Self>,
+        exp_avg_sq: FloatTensor<Self>,
+        step: &StableAdamWStep,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let wrap = |t| Tensor::<Self, 1>::from_primitive(TensorPrimitive::Float(t));
+        let (param, exp_avg, exp_avg_sq) = stable_adamw::stable_adamw_reference(
+            wrap(param),
+            wrap(grad),
+            wrap(exp_avg),
+            wrap(exp_avg_sq),
+            step,
+        );
+        let unwrap = |t: Tensor<Self, 1>| t.into_primitive().tensor();
+        (unwrap(param), unwrap(exp_avg), unwrap(exp_avg_sq))
     }
 
     /// LayerNorm over the last dimension of `x` (see [`layer_norm()`], which validates the

@@ -149,6 +149,7 @@ pub fn breakdown<B>(
 ) -> Result<Breakdown>
 where
     B: AutodiffBackend + Backend,
+    B::InnerBackend: Backend,
 {
     if options.repeats == 0 {
         bail!("the breakdown needs at least one timed repeat");

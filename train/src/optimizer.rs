@@ -11,6 +11,9 @@
 //! θ *= 1 - (η / lr_max)·λ             (no decay for 1-D tensors: norms and biases)
 //! θ -= η · m / (sqrt(v) + ε)
 //! ```
+//! The update itself is [`modernbert_kernels::stable_adamw_step`]: two kernels per tensor on
+//! CubeCL backends, plain tensor ops elsewhere.
+//!
 //! Burn's [`SimpleOptimizer`] sees tensors without names, so "no decay on norms and
 //! biases" is decided by rank: in ModernBERT every 1-D parameter is a LayerNorm weight or
 //! bias or the decoder bias, and every ≥2-D one is a projection or the embedding.
@@ -21,6 +24,7 @@ use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::{LearningRate, SimpleOptimizer};
 use burn::record::Record;
 use burn::tensor::backend::{AutodiffBackend, Backend};
+use modernbert_kernels::{stable_adamw_step, Backend as KernelBackend, StableAdamWStep};
 use burn::tensor::Tensor;
 
 /// Configuration of [`StableAdamW`].
@@ -79,7 +83,10 @@ impl StableAdamWConfig {
     /// The optimizer for module `M`, as Burn's [`burn::optim::Optimizer`].
     pub fn init<B: AutodiffBackend, M: AutodiffModule<B>>(
         &self,
-    ) -> OptimizerAdaptor<StableAdamW, M, B> {
+    ) -> OptimizerAdaptor<StableAdamW, M, B>
+    where
+        B::InnerBackend: KernelBackend,
+    {
         OptimizerAdaptor::from(self.build())
     }
 }
@@ -90,7 +97,7 @@ fn debias_beta(beta: f64, t: usize) -> f64 {
     (beta_t - beta) / (beta_t - 1.0)
 }
 
-impl<B: Backend> SimpleOptimizer<B> for StableAdamW {
+impl<B: KernelBackend> SimpleOptimizer<B> for StableAdamW {
     type State<const D: usize> = StableAdamWState<B, D>;
 
     fn step<const D: usize>(
@@ -101,36 +108,27 @@ impl<B: Backend> SimpleOptimizer<B> for StableAdamW {
         state: Option<Self::State<D>>,
     ) -> (Tensor<B, D>, Option<Self::State<D>>) {
         let t = state.as_ref().map_or(0, |s| s.step) + 1;
-        let (beta_1, beta_2) = (debias_beta(self.beta_1, t), debias_beta(self.beta_2, t));
-        let grad_sq = grad.clone().square();
+        // β₁ₜ = β₂ₜ = 0 at t = 1, so zero moments become g and g².
         let (exp_avg, exp_avg_sq) = match state {
-            Some(s) => (
-                s.exp_avg.mul_scalar(beta_1) + grad.mul_scalar(1.0 - beta_1),
-                s.exp_avg_sq.mul_scalar(beta_2) + grad_sq.clone().mul_scalar(1.0 - beta_2),
-            ),
-            // β₁ₜ = β₂ₜ = 0 at t = 1.
-            None => (grad, grad_sq.clone()),
+            Some(s) => (s.exp_avg, s.exp_avg_sq),
+            None => (grad.zeros_like(), grad.zeros_like()),
         };
-        // 1 / max(1, rms), kept on the device (no host sync), broadcast over the tensor.
-        let eps_sq = self.epsilon * self.epsilon;
-        let inv_rms = (grad_sq / exp_avg_sq.clone().clamp_min(eps_sq))
-            .mean()
-            .sqrt()
-            .clamp_min(1.0)
-            .recip()
-            .reshape([1usize; D]);
-        let decay = if D > 1 { self.weight_decay } else { 0.0 };
-        let tensor = if decay > 0.0 {
-            let factor = inv_rms
-                .clone()
-                .mul_scalar(-(lr / self.lr_max) * decay)
-                .add_scalar(1.0);
-            tensor * factor
-        } else {
-            tensor
+        let step = StableAdamWStep {
+            lr,
+            beta_1: debias_beta(self.beta_1, t),
+            beta_2: debias_beta(self.beta_2, t),
+            epsilon: self.epsilon,
+            decay: if D > 1 {
+                self.weight_decay / self.lr_max
+            } else {
+                0.0
+            },
         };
-        let update = exp_avg.clone() / exp_avg_sq.clone().sqrt().add_scalar(self.epsilon);
-        let tensor = tensor - update * inv_rms.mul_scalar(lr);
+        // Burn's optimizer hands each parameter over with its own gradient and the state this
+        // rule produced for it, so the shapes agree by construction.
+        let (tensor, exp_avg, exp_avg_sq) =
+            stable_adamw_step(tensor, grad, exp_avg, exp_avg_sq, &step)
+                .unwrap_or_else(|error| panic!("{error}"));
         let state = StableAdamWState {
             exp_avg,
             exp_avg_sq,
