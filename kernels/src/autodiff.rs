@@ -14,7 +14,8 @@
 //!   inputs, `out`, `lse` and `cu_seqlens`; the backward calls
 //!   [`Backend::varlen_attention_backward`] (our backward kernels on CubeCL backends, the
 //!   exact reference formulas elsewhere). No `S²` tensor is kept. `lse` is returned
-//!   untracked (nothing differentiates through it).
+//!   untracked (nothing differentiates through it). On a q/k/v stack the op has the stack
+//!   as its one parent and registers dq, dk, dv stacked.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -24,7 +25,7 @@ use burn::backend::autodiff::NodeId;
 use burn::backend::Autodiff;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::ops::{FloatTensor, IntTensor};
-use burn::tensor::{Shape, TensorMetadata};
+use burn::tensor::{Shape, Tensor, TensorMetadata, TensorPrimitive};
 
 use crate::{Backend, VarlenMeta};
 
@@ -72,6 +73,41 @@ impl<B: Backend> Backward<B, 3> for VarlenAttention {
             if let Some(node) = parent {
                 grads.register::<B>(node.id, grad);
             }
+        }
+    }
+}
+
+/// Attention on a q/k/v stack: one parent, the stack, whose gradient is dq, dk and dv
+/// stacked (one copy, where three slices would each add a zero-filled stack).
+#[derive(Debug)]
+struct PackedVarlenAttention;
+
+impl<B: Backend> Backward<B, 1> for PackedVarlenAttention {
+    type State = SavedAttention<B>;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let d_out = grads.consume::<B>(&ops.node);
+        let saved = ops.state;
+        let meta = VarlenMeta {
+            offsets: &saved.offsets,
+            max_seqlen: saved.max_seqlen,
+            window: saved.window,
+            scale: saved.scale,
+        };
+        let (dq, dk, dv) = B::varlen_attention_backward(
+            saved.q,
+            saved.k,
+            saved.v,
+            saved.out,
+            saved.lse,
+            d_out,
+            saved.cu_seqlens,
+            &meta,
+        );
+        if let [Some(node)] = ops.parents {
+            let part = |t| Tensor::<B, 3>::from_primitive(TensorPrimitive::Float(t));
+            let stacked = Tensor::stack::<4>(vec![part(dq), part(dk), part(dv)], 0);
+            grads.register::<B>(node.id, stacked.into_primitive().tensor());
         }
     }
 }
@@ -392,6 +428,39 @@ impl<B: Backend, C: CheckpointStrategy> Backend for Autodiff<B, C> {
                     q: q.primitive,
                     k: k.primitive,
                     v: v.primitive,
+                    out: out.clone(),
+                    lse,
+                    cu_seqlens,
+                    offsets: meta.offsets.to_vec(),
+                    max_seqlen: meta.max_seqlen,
+                    window: meta.window,
+                    scale: meta.scale,
+                };
+                prep.finish(saved, out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        };
+        (out, untracked_lse)
+    }
+
+    fn varlen_attention_packed(
+        qkv: FloatTensor<Self>,
+        cu_seqlens: IntTensor<Self>,
+        meta: &VarlenMeta,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let [q, k, v] = crate::attention::split_packed::<B>(qkv.primitive);
+        let (out, lse) = B::varlen_attention(q.clone(), k.clone(), v.clone(), cu_seqlens.clone(), meta);
+        let untracked_lse = <Self as AutodiffBackend>::from_inner(lse.clone());
+        let prep = PackedVarlenAttention
+            .prepare::<C>([qkv.node])
+            .compute_bound()
+            .stateful();
+        let out = match prep {
+            OpsKind::Tracked(prep) => {
+                let saved = SavedAttention {
+                    q,
+                    k,
+                    v,
                     out: out.clone(),
                     lse,
                     cu_seqlens,

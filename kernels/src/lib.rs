@@ -30,12 +30,13 @@ pub mod stable_adamw;
 pub use cublaslt::status as cublaslt_status;
 
 pub use attention::{
-    last_backward_kernel_path, last_kernel_path, varlen_attention, AttentionError, CuSeqlens,
+    last_backward_kernel_path, last_kernel_path, varlen_attention, varlen_attention_packed,
+    AttentionError, CuSeqlens,
     KernelPath, VarlenAttentionOptions, VarlenAttentionOutput, VarlenMeta,
 };
 pub use geglu::{geglu, GegluError};
 pub use layer_norm::{layer_norm, LayerNormError};
-pub use rope::{rope_qkv, RopeError};
+pub use rope::{rope_qkv, rope_qkv_packed, RopeError};
 pub use stable_adamw::{stable_adamw_step, StableAdamWError, StableAdamWStep};
 
 /// A Burn backend with modernbert's extension operations.
@@ -246,6 +247,21 @@ pub trait Backend: burn::tensor::backend::Backend {
         let (out, lse) =
             attention::reference::varlen_attention_reference(wrap(q), wrap(k), wrap(v), meta);
         (out.into_primitive().tensor(), lse.into_primitive().tensor())
+    }
+
+    /// [`Backend::varlen_attention`] on q, k and v stacked (see [`varlen_attention_packed`]).
+    /// The default splits the stack into views and calls [`Backend::varlen_attention`].
+    ///
+    /// # Shapes
+    /// - qkv: `[3, total, heads, head_dim]`; cu_seqlens: `[batch + 1]`
+    /// - output: as [`Backend::varlen_attention`]
+    fn varlen_attention_packed(
+        qkv: FloatTensor<Self>,
+        cu_seqlens: IntTensor<Self>,
+        meta: &VarlenMeta,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let [q, k, v] = attention::split_packed::<Self>(qkv);
+        Self::varlen_attention(q, k, v, cu_seqlens, meta)
     }
 
     /// Gradients of [`Backend::varlen_attention`] with respect to q, k and v, from the

@@ -18,7 +18,7 @@ use burn::tensor::{Bool, Int, Tensor};
 
 use modernbert_kernels::attention::reference::mask_value;
 use modernbert_kernels::{
-    linear, matmul, rope_qkv, varlen_attention, Backend as KernelBackend, CuSeqlens,
+    linear, matmul, rope_qkv_packed, varlen_attention_packed, Backend as KernelBackend, CuSeqlens,
     VarlenAttentionOptions,
 };
 
@@ -175,9 +175,9 @@ impl<B: KernelBackend> ModernBertAttention<B> {
                 window,
                 rope,
             } => {
-                // [total_nnz, 3·H] → three contiguous [total_nnz, heads, head_dim], q and k
-                // rotated, in one kernel.
-                let [q, k, v] = rope_qkv(
+                // [total_nnz, 3·H] → q, k, v stacked as [3, total_nnz, heads, head_dim], q
+                // and k rotated, in one kernel; attention takes the stack as it is.
+                let qkv = rope_qkv_packed(
                     qkv.reshape([seq, 3 * hidden]),
                     rope.cos.clone(),
                     rope.sin.clone(),
@@ -189,7 +189,7 @@ impl<B: KernelBackend> ModernBertAttention<B> {
                     window,
                     scale: None,
                 };
-                varlen_attention(q, k, v, cu_seqlens, options)
+                varlen_attention_packed(qkv, cu_seqlens, options)
                     .expect("q, k, v and cu_seqlens come from one unpadded batch")
                     .out
                     .reshape([1, seq, hidden])

@@ -16,8 +16,8 @@ use modernbert_kernels::attention::reference::varlen_attention_reference;
 #[cfg(feature = "cuda")]
 use modernbert_kernels::attention::PATH_ENV;
 use modernbert_kernels::{
-    last_backward_kernel_path, varlen_attention, CuSeqlens, KernelPath, VarlenAttentionOptions,
-    VarlenMeta,
+    last_backward_kernel_path, varlen_attention, varlen_attention_packed, CuSeqlens, KernelPath,
+    VarlenAttentionOptions, VarlenMeta,
 };
 use modernbert_tests::compare::relative_error;
 use modernbert_tests::random::Rng;
@@ -220,6 +220,33 @@ fn cuda_backward_kernels_match_reference_autodiff_f16() {
 /// Central differences of `sum(out ∘ w)` in f64 against our gradient, for every element of
 /// a tiny q, k and v. (f64 tensors on the f32 NdArray backend: an `NdArray<f64>` in the same
 /// process would change the CPU device's default dtype under the other tests.)
+/// The op on a q/k/v stack (one parent, the stacked gradient) gives the gradients of the op
+/// on its three slices, window on and off.
+#[cfg(feature = "ndarray")]
+#[test]
+fn packed_attention_gradients_equal_those_of_the_slices() {
+    type B = Autodiff<burn::backend::NdArray>;
+    let device = Default::default();
+    let cu = CuSeqlens::<B>::from_lengths(&[37, 1, 70], &device).unwrap();
+    for window in [None, Some(8)] {
+        let options = VarlenAttentionOptions {
+            window,
+            scale: None,
+        };
+        let qkv = Tensor::<B, 4>::random([3, 108, 2, 16], Distribution::Default, &device);
+        let d_out = Tensor::<B, 3>::random([108, 2, 16], Distribution::Default, &device);
+        let packed = qkv.clone().require_grad();
+        let out = varlen_attention_packed(packed.clone(), &cu, options).unwrap().out;
+        let grad_packed = packed.grad(&(out * d_out.clone()).sum().backward()).unwrap();
+        let sliced = qkv.require_grad();
+        let part = |i| sliced.clone().narrow(0, i, 1).reshape([108, 2, 16]);
+        let out = varlen_attention(part(0), part(1), part(2), &cu, options).unwrap().out;
+        let grad_sliced = sliced.grad(&(out * d_out).sum().backward()).unwrap();
+        let error = relative_error(grad_packed, grad_sliced);
+        assert!(error < 1e-6, "window {window:?}: {error:e}");
+    }
+}
+
 #[cfg(feature = "ndarray")]
 #[test]
 fn backward_matches_finite_differences() {

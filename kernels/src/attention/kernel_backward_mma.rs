@@ -22,13 +22,13 @@
 
 use cubecl::prelude::*;
 
-use super::kernel_cmma::{PAD, PAD_F32, SMEM_ALIGN, TILE};
+use super::kernel_cmma::{SMEM_ALIGN, TILE};
 use super::mma_tiles::{
-    accumulate_products, row_operands, scores, write_rows, zero_accumulators, AccPair, MMA_N,
-    QUAD,
+    accumulate_products, mma_cube, output_scratch, own_operands, scores, stage_and_wait,
+    staged_tile, write_rows, zero_accumulators, AccPair, MMA_N,
 };
 use super::staging::{stage_row_values_pair, stage_rows};
-use super::tiling::{key_visible, query_block};
+use super::tiling::key_visible;
 
 /// `dQ` for a block of `16 · planes` queries per cube, key tiles of `block_n`.
 #[cube(launch, fast_math = FastMath::ReducedPrecision | FastMath::NotNaN | FastMath::NotInf)]
@@ -50,84 +50,26 @@ pub fn flash_attention_varlen_dq_mma_kernel<F: Float, I: Numeric, N: Size>(
     #[comptime] windowed: bool,
     #[define(F, I)] _dtypes: [StorageType; 2],
 ) {
-    let block_m = comptime!(TILE * planes);
-    let units = comptime!(32 * planes);
-    let tile_stride = comptime!(head_dim + PAD);
-    let scratch_stride = comptime!(head_dim + PAD_F32);
-    let vector = N::value();
-    let lane = UNIT_POS_X as usize;
-    let plane = UNIT_POS_Y as usize;
-    let unit = plane * 32 + lane;
-    let head = CUBE_POS_Y as usize;
-    let heads = q.shape(1);
     let window = window as usize;
-    let q0 = CUBE_POS_X as usize * block_m;
-    let block = query_block(
-        cu_seqlens,
-        CUBE_POS_Z as usize,
-        q0,
-        block_m,
-        window,
-        windowed,
-    );
-    let g = lane / QUAD;
-    let t = lane % QUAD;
-    let first_row = plane * TILE;
+    let cube = mma_cube(cu_seqlens, q.shape(1), window, planes, windowed);
+    let block = cube.range.clone();
+    let (g, t, head, heads, q0) = (cube.g, cube.t, cube.head, cube.heads, cube.row0);
 
-    let mut own_tile = SharedMemory::<Vector<F, N>>::new_aligned(
-        comptime!(block_m * tile_stride / vector),
-        SMEM_ALIGN,
-    );
-    let mut k_tile = SharedMemory::<Vector<F, N>>::new_aligned(
-        comptime!(block_n * tile_stride / vector),
-        SMEM_ALIGN,
-    );
-    let mut v_tile = SharedMemory::<Vector<F, N>>::new_aligned(
-        comptime!(block_n * tile_stride / vector),
-        SMEM_ALIGN,
-    );
-    let mut scratch =
-        SharedMemory::<f32>::new_aligned(comptime!(block_m * scratch_stride), SMEM_ALIGN);
+    let mut own_tile = staged_tile::<F, N>(comptime!(TILE * planes), head_dim);
+    let mut k_tile = staged_tile::<F, N>(block_n, head_dim);
+    let mut v_tile = staged_tile::<F, N>(block_n, head_dim);
+    let mut scratch = output_scratch(planes, head_dim);
 
-    // The plane's Q and dO rows as A operands, staged one after the other.
-    stage_rows(
-        q,
-        &mut own_tile,
-        block.start,
-        q0,
-        block.len,
-        head,
-        heads,
-        unit,
-        block_m,
-        head_dim,
-        units,
-    );
-    sync_cube();
-    let q_ops = row_operands(&own_tile, first_row, head_dim);
-    sync_cube();
-    stage_rows(
-        d_out,
-        &mut own_tile,
-        block.start,
-        q0,
-        block.len,
-        head,
-        heads,
-        unit,
-        block_m,
-        head_dim,
-        units,
-    );
-    sync_cube();
-    let do_ops = row_operands(&own_tile, first_row, head_dim);
+    // The plane's Q and dO rows as A operands.
+    let q_ops = own_operands(q, &mut own_tile, &cube, head_dim, planes);
+    let do_ops = own_operands(d_out, &mut own_tile, &cube, head_dim, planes);
 
     // lse and D of the lane's rows g and g + 8.
     let mut row_lse = Array::<f32>::new(2usize);
     let mut row_delta = Array::<f32>::new(2usize);
     #[unroll]
     for e in 0..comptime!(2usize) {
-        let qi = q0 + first_row + g + 8 * e;
+        let qi = q0 + cube.first_row + g + 8 * e;
         row_lse[e] = 0.0;
         row_delta[e] = 0.0;
         if qi < block.len {
@@ -150,31 +92,18 @@ pub fn flash_attention_varlen_dq_mma_kernel<F: Float, I: Numeric, N: Size>(
             block.k_hi,
             head,
             heads,
-            unit,
+            cube.unit,
             block_n,
             head_dim,
-            units,
+            comptime!(32 * planes),
         );
-        stage_rows(
-            v,
-            &mut v_tile,
-            block.start,
-            kb,
-            block.k_hi,
-            head,
-            heads,
-            unit,
-            block_n,
-            head_dim,
-            units,
-        );
-        sync_cube();
+        stage_and_wait(v, &mut v_tile, &cube, kb, block.k_hi, block_n, head_dim, planes);
 
         let mut ds = scores(&q_ops, &k_tile, block_n, head_dim);
         let dp = scores(&do_ops, &v_tile, block_n, head_dim);
         #[unroll]
         for e in 0..comptime!(2usize) {
-            let qi = q0 + first_row + g + 8 * e;
+            let qi = q0 + cube.first_row + g + 8 * e;
             let q_valid = qi < block.len;
             #[unroll]
             for n in 0..comptime!(block_n / MMA_N) {
@@ -200,20 +129,7 @@ pub fn flash_attention_varlen_dq_mma_kernel<F: Float, I: Numeric, N: Size>(
     let mut row_scale = Array::<f32>::new(2usize);
     row_scale[0usize] = scale;
     row_scale[1usize] = scale;
-    write_rows(
-        &dq_acc,
-        &row_scale,
-        &mut scratch,
-        dq,
-        first_row,
-        q0,
-        block.start,
-        block.len,
-        head,
-        heads,
-        head_dim,
-        scratch_stride,
-    );
+    write_rows(&dq_acc, &row_scale, &mut scratch, dq, &cube, head_dim);
 }
 
 /// `dK` and `dV` for a block of `16 · planes` keys per cube, query tiles of `block_n`.
@@ -237,80 +153,22 @@ pub fn flash_attention_varlen_dkv_mma_kernel<F: Float, I: Numeric, N: Size>(
     #[comptime] windowed: bool,
     #[define(F, I)] _dtypes: [StorageType; 2],
 ) {
-    let block_m = comptime!(TILE * planes);
-    let units = comptime!(32 * planes);
-    let tile_stride = comptime!(head_dim + PAD);
-    let scratch_stride = comptime!(head_dim + PAD_F32);
-    let vector = N::value();
-    let lane = UNIT_POS_X as usize;
-    let plane = UNIT_POS_Y as usize;
-    let unit = plane * 32 + lane;
-    let head = CUBE_POS_Y as usize;
-    let heads = q.shape(1);
     let window = window as usize;
-    let k0 = CUBE_POS_X as usize * block_m;
-    // The queries that see this block of keys (the mask is symmetric).
-    let range = query_block(
-        cu_seqlens,
-        CUBE_POS_Z as usize,
-        k0,
-        block_m,
-        window,
-        windowed,
-    );
-    let g = lane / QUAD;
-    let t = lane % QUAD;
-    let first_row = plane * TILE;
+    // The cube's own rows are keys; its range is the queries that see them.
+    let cube = mma_cube(cu_seqlens, q.shape(1), window, planes, windowed);
+    let range = cube.range.clone();
+    let (g, t, head, heads, k0) = (cube.g, cube.t, cube.head, cube.heads, cube.row0);
 
-    let mut own_tile = SharedMemory::<Vector<F, N>>::new_aligned(
-        comptime!(block_m * tile_stride / vector),
-        SMEM_ALIGN,
-    );
-    let mut q_tile = SharedMemory::<Vector<F, N>>::new_aligned(
-        comptime!(block_n * tile_stride / vector),
-        SMEM_ALIGN,
-    );
-    let mut do_tile = SharedMemory::<Vector<F, N>>::new_aligned(
-        comptime!(block_n * tile_stride / vector),
-        SMEM_ALIGN,
-    );
+    let mut own_tile = staged_tile::<F, N>(comptime!(TILE * planes), head_dim);
+    let mut q_tile = staged_tile::<F, N>(block_n, head_dim);
+    let mut do_tile = staged_tile::<F, N>(block_n, head_dim);
     let mut lse_tile = SharedMemory::<f32>::new_aligned(block_n, SMEM_ALIGN);
     let mut delta_tile = SharedMemory::<f32>::new_aligned(block_n, SMEM_ALIGN);
-    let mut scratch =
-        SharedMemory::<f32>::new_aligned(comptime!(block_m * scratch_stride), SMEM_ALIGN);
+    let mut scratch = output_scratch(planes, head_dim);
 
-    // The plane's K and V rows as A operands, staged one after the other.
-    stage_rows(
-        k,
-        &mut own_tile,
-        range.start,
-        k0,
-        range.len,
-        head,
-        heads,
-        unit,
-        block_m,
-        head_dim,
-        units,
-    );
-    sync_cube();
-    let k_ops = row_operands(&own_tile, first_row, head_dim);
-    sync_cube();
-    stage_rows(
-        v,
-        &mut own_tile,
-        range.start,
-        k0,
-        range.len,
-        head,
-        heads,
-        unit,
-        block_m,
-        head_dim,
-        units,
-    );
-    sync_cube();
-    let v_ops = row_operands(&own_tile, first_row, head_dim);
+    // The plane's K and V rows as A operands.
+    let k_ops = own_operands(k, &mut own_tile, &cube, head_dim, planes);
+    let v_ops = own_operands(v, &mut own_tile, &cube, head_dim, planes);
 
     let mut dk_acc = zero_accumulators(head_dim);
     let mut dv_acc = zero_accumulators(head_dim);
@@ -326,23 +184,10 @@ pub fn flash_attention_varlen_dkv_mma_kernel<F: Float, I: Numeric, N: Size>(
             range.k_hi,
             head,
             heads,
-            unit,
+            cube.unit,
             block_n,
             head_dim,
-            units,
-        );
-        stage_rows(
-            d_out,
-            &mut do_tile,
-            range.start,
-            qb,
-            range.k_hi,
-            head,
-            heads,
-            unit,
-            block_n,
-            head_dim,
-            units,
+            comptime!(32 * planes),
         );
         stage_row_values_pair(
             lse,
@@ -354,18 +199,18 @@ pub fn flash_attention_varlen_dkv_mma_kernel<F: Float, I: Numeric, N: Size>(
             range.k_hi,
             head,
             heads,
-            unit,
-            units,
+            cube.unit,
+            comptime!(32 * planes),
             block_n,
         );
-        sync_cube();
+        stage_and_wait(d_out, &mut do_tile, &cube, qb, range.k_hi, block_n, head_dim, planes);
 
         // Sᵀ → Pᵀ and dPᵀ → dSᵀ in place, rows = this plane's keys, columns = the queries.
         let mut p_t = scores(&k_ops, &q_tile, block_n, head_dim);
         let mut ds_t = scores(&v_ops, &do_tile, block_n, head_dim);
         #[unroll]
         for e in 0..comptime!(2usize) {
-            let key = k0 + first_row + g + 8 * e;
+            let key = k0 + cube.first_row + g + 8 * e;
             let k_valid = key < range.len;
             #[unroll]
             for n in 0..comptime!(block_n / MMA_N) {
@@ -401,35 +246,8 @@ pub fn flash_attention_varlen_dkv_mma_kernel<F: Float, I: Numeric, N: Size>(
     let mut row_scale = Array::<f32>::new(2usize);
     row_scale[0usize] = scale;
     row_scale[1usize] = scale;
-    write_rows(
-        &dk_acc,
-        &row_scale,
-        &mut scratch,
-        dk,
-        first_row,
-        k0,
-        range.start,
-        range.len,
-        head,
-        heads,
-        head_dim,
-        scratch_stride,
-    );
-    sync_plane(); // the scratch rows are read before they are reused
+    write_rows(&dk_acc, &row_scale, &mut scratch, dk, &cube, head_dim);
     row_scale[0usize] = 1.0;
     row_scale[1usize] = 1.0;
-    write_rows(
-        &dv_acc,
-        &row_scale,
-        &mut scratch,
-        dv,
-        first_row,
-        k0,
-        range.start,
-        range.len,
-        head,
-        heads,
-        head_dim,
-        scratch_stride,
-    );
+    write_rows(&dv_acc, &row_scale, &mut scratch, dv, &cube, head_dim);
 }

@@ -32,13 +32,13 @@
 
 use cubecl::prelude::*;
 
-use super::kernel_cmma::{row_max, row_sum, PAD, PAD_F32, SMEM_ALIGN, TILE};
+use super::kernel_cmma::{row_max, row_sum, TILE};
 use super::mma_tiles::{
-    accumulate_products, row_operands, scores, write_rows, zero_accumulators, AccPair, MMA_N,
-    QUAD,
+    accumulate_products, mma_cube, output_scratch, own_operands, scores, stage_and_wait,
+    staged_tile, write_rows, zero_accumulators, AccPair, MMA_N, QUAD,
 };
-use super::staging::{load_rows, stage_rows, store_rows};
-use super::tiling::{key_visible, query_block, NEG_BIG};
+use super::staging::{load_rows, store_rows};
+use super::tiling::{key_visible, NEG_BIG};
 
 #[cube(launch, fast_math = FastMath::ReducedPrecision | FastMath::NotNaN | FastMath::NotInf)]
 #[allow(clippy::too_many_arguments)]
@@ -57,77 +57,23 @@ pub fn flash_attention_varlen_mma_kernel<F: Float, I: Numeric, N: Size>(
     #[comptime] windowed: bool,
     #[define(F, I)] _dtypes: [StorageType; 2],
 ) {
-    let block_m = comptime!(TILE * planes);
     let units = comptime!(32 * planes);
-    let tile_stride = comptime!(head_dim + PAD); // elements per row of the Q/K/V tiles
-    let scratch_stride = comptime!(head_dim + PAD_F32);
-    let vector = N::value();
     let neg_big = f32::new(NEG_BIG);
-
-    let lane = UNIT_POS_X as usize;
-    let plane = UNIT_POS_Y as usize;
-    let unit = plane * 32 + lane;
-    let head = CUBE_POS_Y as usize;
-    let heads = q.shape(1);
     let window = window as usize;
-    let q0 = CUBE_POS_X as usize * block_m;
-    let block = query_block(
-        cu_seqlens,
-        CUBE_POS_Z as usize,
-        q0,
-        block_m,
-        window,
-        windowed,
-    );
-    let g = lane / QUAD;
-    let t = lane % QUAD;
-    let first_row = plane * TILE;
+    let cube = mma_cube(cu_seqlens, q.shape(1), window, planes, windowed);
+    let block = cube.range.clone();
+    let (g, t, unit) = (cube.g, cube.t, cube.unit);
+    let (head, heads, q0, first_row) = (cube.head, cube.heads, cube.row0, cube.first_row);
 
-    let mut q_tile = SharedMemory::<Vector<F, N>>::new_aligned(
-        comptime!(block_m * tile_stride / vector),
-        SMEM_ALIGN,
-    );
-    let mut k_tile = SharedMemory::<Vector<F, N>>::new_aligned(
-        comptime!(block_n * tile_stride / vector),
-        SMEM_ALIGN,
-    );
-    let mut v_tile = SharedMemory::<Vector<F, N>>::new_aligned(
-        comptime!(block_n * tile_stride / vector),
-        SMEM_ALIGN,
-    );
-    let mut scratch =
-        SharedMemory::<f32>::new_aligned(comptime!(block_m * scratch_stride), SMEM_ALIGN);
+    let mut q_tile = staged_tile::<F, N>(comptime!(TILE * planes), head_dim);
+    let mut k_tile = staged_tile::<F, N>(block_n, head_dim);
+    let mut v_tile = staged_tile::<F, N>(block_n, head_dim);
+    let mut scratch = output_scratch(planes, head_dim);
 
     // The plane's Q rows as A operands, and K of the first tile; every iteration loads the
     // next K while it computes `P·V`.
-    stage_rows(
-        q,
-        &mut q_tile,
-        block.start,
-        q0,
-        block.len,
-        head,
-        heads,
-        unit,
-        block_m,
-        head_dim,
-        units,
-    );
-    stage_rows(
-        k,
-        &mut k_tile,
-        block.start,
-        block.k_lo,
-        block.k_hi,
-        head,
-        heads,
-        unit,
-        block_n,
-        head_dim,
-        units,
-    );
-    sync_cube();
-    let q_ops = row_operands(&q_tile, first_row, head_dim);
+    let q_ops = own_operands(q, &mut q_tile, &cube, head_dim, planes);
+    stage_and_wait(k, &mut k_tile, &cube, block.k_lo, block.k_hi, block_n, head_dim, planes);
 
     let mut o_acc = zero_accumulators(head_dim);
     // Softmax state of rows g and g + 8: the running max (shared by the row's 4 lanes) and
@@ -247,18 +193,5 @@ pub fn flash_attention_varlen_mma_kernel<F: Float, I: Numeric, N: Size>(
             lse[(block.start + qi) * heads + head] = m[e] + l_row.ln();
         }
     }
-    write_rows(
-        &o_acc,
-        &inv_l,
-        &mut scratch,
-        out,
-        first_row,
-        q0,
-        block.start,
-        block.len,
-        head,
-        heads,
-        head_dim,
-        scratch_stride,
-    );
+    write_rows(&o_acc, &inv_l, &mut scratch, out, &cube, head_dim);
 }

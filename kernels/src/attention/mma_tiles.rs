@@ -19,7 +19,9 @@
 use cubecl::cmma::{MatrixIdent, MmaDefinition};
 use cubecl::prelude::*;
 
-use super::kernel_cmma::{PAD, TILE};
+use super::kernel_cmma::{PAD, PAD_F32, SMEM_ALIGN, TILE};
+use super::staging::stage_rows;
+use super::tiling::{query_block, QueryBlock};
 
 /// Columns of one accumulator (m16n8k16: 16 rows × 8 columns).
 pub const MMA_N: usize = 8;
@@ -30,6 +32,135 @@ pub const QUAD: usize = 4;
 pub type Pair<F> = Vector<F, Const<2>>;
 /// Two f32 values of one accumulator row.
 pub type AccPair = Vector<f32, Const<2>>;
+
+/// Where a unit of an mma kernel works. All of them launch the grid
+/// `(ceil(max_seqlen / block_m), heads, batch)` with cubes of `planes` planes of 32 lanes:
+/// cube `(x, head, sequence)` owns rows `x · block_m ..` of the sequence (queries in the
+/// forward and dQ, keys in dK/dV), plane `p` the 16 from `16p`, and walks the rows on the
+/// other side that they see.
+#[derive(CubeType)]
+pub struct MmaCube {
+    /// The sequence, and the range of rows on the other side (the mask is symmetric).
+    pub range: QueryBlock,
+    /// The attention head, and how many there are.
+    pub head: usize,
+    pub heads: usize,
+    /// Position in the sequence of the cube's first own row.
+    pub row0: usize,
+    /// This unit's index in the cube (for staging).
+    pub unit: usize,
+    /// The plane's first row within the cube's block.
+    pub first_row: usize,
+    /// The lane's accumulator coordinates (`mma_tiles.rs`): rows `g`, `g + 8`, columns
+    /// `2t, 2t + 1`.
+    pub g: usize,
+    pub t: usize,
+}
+
+/// This unit's [`MmaCube`].
+#[cube]
+pub fn mma_cube<I: Numeric>(
+    cu_seqlens: &Tensor<I>,
+    heads: usize,
+    window: usize,
+    #[comptime] planes: usize,
+    #[comptime] windowed: bool,
+) -> MmaCube {
+    let block_m = comptime!(TILE * planes);
+    let lane = UNIT_POS_X as usize;
+    let plane = UNIT_POS_Y as usize;
+    let row0 = CUBE_POS_X as usize * block_m;
+    let range = query_block(
+        cu_seqlens,
+        CUBE_POS_Z as usize,
+        row0,
+        block_m,
+        window,
+        windowed,
+    );
+    let head = CUBE_POS_Y as usize;
+    let unit = plane * 32 + lane;
+    let first_row = plane * TILE;
+    let g = lane / QUAD;
+    let t = lane % QUAD;
+    MmaCube {
+        range,
+        head,
+        heads,
+        row0,
+        unit,
+        first_row,
+        g,
+        t,
+    }
+}
+
+/// A shared tile of `rows` rows of `head_dim` elements, as [`stage_rows`] fills it.
+#[cube]
+pub fn staged_tile<F: Float, N: Size>(
+    #[comptime] rows: usize,
+    #[comptime] head_dim: usize,
+) -> SharedMemory<Vector<F, N>> {
+    let vector = N::value();
+    SharedMemory::<Vector<F, N>>::new_aligned(
+        comptime!(rows * (head_dim + PAD) / vector),
+        SMEM_ALIGN,
+    )
+}
+
+/// Stages rows `first ..` (zeros at and past `end`) of one head of `src`, `rows` of them,
+/// into `tile`, every unit of the cube together, and waits for all of them.
+#[cube]
+pub fn stage_and_wait<F: Float, N: Size>(
+    src: &Tensor<Vector<F, N>>,
+    tile: &mut SharedMemory<Vector<F, N>>,
+    cube: &MmaCube,
+    first: usize,
+    end: usize,
+    #[comptime] rows: usize,
+    #[comptime] head_dim: usize,
+    #[comptime] planes: usize,
+) {
+    stage_rows(
+        src,
+        tile,
+        cube.range.start,
+        first,
+        end,
+        cube.head,
+        cube.heads,
+        cube.unit,
+        rows,
+        head_dim,
+        comptime!(32 * planes),
+    );
+    sync_cube();
+}
+
+/// The plane's own rows of `src` as A operands (`row_operands`), staged through `tile`
+/// (`16 · planes` rows), which is free again when this returns.
+#[cube]
+pub fn own_operands<F: Float, N: Size>(
+    src: &Tensor<Vector<F, N>>,
+    tile: &mut SharedMemory<Vector<F, N>>,
+    cube: &MmaCube,
+    #[comptime] head_dim: usize,
+    #[comptime] planes: usize,
+) -> Sequence<Array<Pair<F>>> {
+    stage_and_wait(
+        src,
+        tile,
+        cube,
+        cube.row0,
+        cube.range.len,
+        comptime!(TILE * planes),
+        head_dim,
+        planes,
+    );
+    let operands = row_operands(tile, cube.first_row, head_dim);
+    sync_cube();
+    operands
+}
 
 /// Rows `first_row .. first_row + 16` of a staged tile as A operands, one per 16 columns of
 /// `head_dim`.
@@ -150,30 +281,30 @@ pub fn accumulate_products<F: Float, N: Size>(
     }
 }
 
-/// Writes the plane's 16 rows of `head_dim / 8` accumulators, row `g + 8e` multiplied by
-/// `row_scale[e]`, to rows `first_row ..` of `out` (positions `first_row ..` of the sequence
-/// from packed token `start`, one head), skipping rows at or past `len`. The rows go through
-/// the plane's rows of the f32 `scratch` (row stride `head_dim + PAD_F32`) to leave as
-/// vector stores, two lanes per row.
+/// The f32 scratch of [`write_rows`]: `16 · planes` rows of `head_dim` (+ padding).
 #[cube]
-#[allow(clippy::too_many_arguments)]
+pub fn output_scratch(#[comptime] planes: usize, #[comptime] head_dim: usize) -> SharedMemory<f32> {
+    SharedMemory::<f32>::new_aligned(comptime!(TILE * planes * (head_dim + PAD_F32)), SMEM_ALIGN)
+}
+
+/// Writes the plane's 16 own rows of `head_dim / 8` accumulators, row `g + 8e` multiplied by
+/// `row_scale[e]`, to `out` (one head), skipping rows at or past the sequence end. The rows
+/// go through the plane's rows of the f32 `scratch` ([`output_scratch`]) to leave as vector
+/// stores, two lanes per row; the scratch is free again when this returns.
+#[cube]
 pub fn write_rows<F: Float, N: Size>(
     acc: &Sequence<Array<AccPair>>,
     row_scale: &Array<f32>,
     scratch: &mut SharedMemory<f32>,
     out: &mut Tensor<Vector<F, N>>,
-    first_row: usize,
-    position0: usize,
-    start: usize,
-    len: usize,
-    head: usize,
-    heads: usize,
+    cube: &MmaCube,
     #[comptime] head_dim: usize,
-    #[comptime] scratch_stride: usize,
 ) {
+    let scratch_stride = comptime!(head_dim + PAD_F32);
     let lane = UNIT_POS_X as usize;
-    let g = lane / QUAD;
-    let t = lane % QUAD;
+    let first_row = cube.first_row;
+    let g = cube.g;
+    let t = cube.t;
     #[unroll]
     for e in 0..comptime!(2usize) {
         let row = first_row + g + 8 * e;
@@ -192,10 +323,10 @@ pub fn write_rows<F: Float, N: Size>(
     let lanes_per_row = comptime!(32 / TILE);
     let row = first_row + lane / lanes_per_row;
     let part = lane % lanes_per_row;
-    let position = position0 + row;
-    if position < len {
+    let position = cube.row0 + row;
+    if position < cube.range.len {
         let row_vectors = comptime!(head_dim / vector);
-        let token_head = (start + position) * heads + head;
+        let token_head = (cube.range.start + position) * cube.heads + cube.head;
         #[unroll]
         for j in 0..comptime!(row_vectors / lanes_per_row) {
             let chunk = j * lanes_per_row + part;
@@ -207,6 +338,7 @@ pub fn write_rows<F: Float, N: Size>(
             out[token_head * row_vectors + chunk] = value;
         }
     }
+    sync_plane();
 }
 
 /// Offset, in vectors of `N`, of element `column` of row `row` of a staged tile.

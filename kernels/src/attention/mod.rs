@@ -39,6 +39,7 @@ mod tiling;
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
+use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Int, Tensor, TensorData, TensorPrimitive};
 
 use crate::Backend;
@@ -302,8 +303,76 @@ pub fn varlen_attention<B: Backend>(
         cu_seqlens.tensor().into_primitive(),
         &meta,
     );
-    Ok(VarlenAttentionOutput {
+    Ok(output(out, lse))
+}
+
+/// [`varlen_attention`] on q, k and v stacked in one tensor (as
+/// [`rope_qkv_packed`](crate::rope::rope_qkv_packed) returns them). The result is the same;
+/// under autodiff the op has the stack as its one parent, and its gradient is dq, dk and dv
+/// stacked, where three slices of the stack would each add a zero-filled gradient of the
+/// stack's size.
+///
+/// # Shapes
+/// - qkv: `[3, total, heads, head_dim]`, `total = cu_seqlens.total()`
+/// - output: see [`VarlenAttentionOutput`]
+///
+/// # Errors
+/// [`AttentionError::Shape`] when the first dimension is not 3 or the stack does not hold
+/// `total` tokens.
+pub fn varlen_attention_packed<B: Backend>(
+    qkv: Tensor<B, 4>,
+    cu_seqlens: &CuSeqlens<B>,
+    options: VarlenAttentionOptions,
+) -> Result<VarlenAttentionOutput<B>, AttentionError> {
+    let [parts, total, _, head_dim] = qkv.dims();
+    if parts != 3 {
+        return Err(AttentionError::Shape(format!(
+            "a q/k/v stack has 3 parts, this one {parts} ({:?})",
+            qkv.dims()
+        )));
+    }
+    if total != cu_seqlens.total() {
+        return Err(AttentionError::Shape(format!(
+            "the q/k/v stack holds {total} tokens but cu_seqlens ends at {}",
+            cu_seqlens.total()
+        )));
+    }
+    if head_dim == 0 {
+        return Err(AttentionError::Shape("head_dim is 0".into()));
+    }
+    let meta = VarlenMeta {
+        offsets: cu_seqlens.offsets(),
+        max_seqlen: cu_seqlens.max_seqlen(),
+        window: options.window,
+        scale: options.scale.unwrap_or(1.0 / (head_dim as f64).sqrt()) as f32,
+    };
+    let (out, lse) = B::varlen_attention_packed(
+        qkv.into_primitive().tensor(),
+        cu_seqlens.tensor().into_primitive(),
+        &meta,
+    );
+    Ok(output(out, lse))
+}
+
+/// The stack `[3, total, heads, head_dim]` as its three parts `[total, heads, head_dim]`
+/// (views, on any backend).
+pub fn split_packed<B: burn::tensor::backend::Backend>(
+    qkv: FloatTensor<B>,
+) -> [FloatTensor<B>; 3] {
+    let qkv = Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(qkv));
+    let [_, total, heads, head_dim] = qkv.dims();
+    [0, 1, 2].map(|i| {
+        qkv.clone()
+            .narrow(0, i, 1)
+            .reshape([total, heads, head_dim])
+            .into_primitive()
+            .tensor()
+    })
+}
+
+fn output<B: Backend>(out: FloatTensor<B>, lse: FloatTensor<B>) -> VarlenAttentionOutput<B> {
+    VarlenAttentionOutput {
         out: Tensor::from_primitive(TensorPrimitive::Float(out)),
         lse: Tensor::from_primitive(TensorPrimitive::Float(lse)),
-    })
+    }
 }

@@ -12,7 +12,7 @@ use cubecl::prelude::*;
 pub const NEG_BIG: f32 = -1.0e30;
 
 /// A cube's queries and the keys they can see, as positions within the sequence.
-#[derive(CubeType)]
+#[derive(CubeType, Clone)]
 pub struct QueryBlock {
     /// First token of the sequence in the packed tensors.
     pub start: usize,

@@ -83,6 +83,33 @@ pub fn rope_qkv<B: Backend>(
     positions: Tensor<B, 1, Int>,
     heads: usize,
 ) -> Result<[Tensor<B, 3>; 3], RopeError> {
+    let packed = rope_qkv_packed(qkv, cos, sin, positions, heads)?;
+    let [_, total, heads, head_dim] = packed.dims();
+    let part = |i| {
+        packed
+            .clone()
+            .narrow(0, i, 1)
+            .reshape([total, heads, head_dim])
+    };
+    Ok([part(0), part(1), part(2)])
+}
+
+/// [`rope_qkv`] with q, k and v left stacked, as
+/// [`varlen_attention_packed`](crate::attention::varlen_attention_packed) takes them: under
+/// autodiff their gradient then comes back as one tensor, with no slices to assemble.
+///
+/// # Shapes
+/// - as [`rope_qkv`]; output: `[3, total, heads, head_dim]`, contiguous, in qkv's dtype
+///
+/// # Errors
+/// As [`rope_qkv`].
+pub fn rope_qkv_packed<B: Backend>(
+    qkv: Tensor<B, 2>,
+    cos: Tensor<B, 2>,
+    sin: Tensor<B, 2>,
+    positions: Tensor<B, 1, Int>,
+    heads: usize,
+) -> Result<Tensor<B, 4>, RopeError> {
     let [total, width] = qkv.dims();
     if heads == 0 {
         return Err(RopeError::NoHeads);
@@ -119,14 +146,7 @@ pub fn rope_qkv<B: Backend>(
         positions.into_primitive(),
         heads,
     );
-    let packed = Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(packed));
-    let part = |i| {
-        packed
-            .clone()
-            .narrow(0, i, 1)
-            .reshape([total, heads, head_dim])
-    };
-    Ok([part(0), part(1), part(2)])
+    Ok(Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(packed)))
 }
 
 /// The two halves of the last dimension: `(x₁, x₂)`.
