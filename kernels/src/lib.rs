@@ -5,7 +5,10 @@
 //! [`geglu()`], [`layer_norm()`], [`rope_qkv`], [`varlen_attention`], and the optimizer's
 //! [`stable_adamw_step`]); each backend picks
 //! its implementation through [`Backend`]. Backends without a specialised kernel use the
-//! default methods, which are plain Burn ops.
+//! default methods, which are plain Burn ops. The CubeCL backends (Cuda, Wgpu) run our
+//! kernels, plain (feature `cube`) and under Burn's `Fusion` (feature `fusion`, each op a
+//! custom operation of the fusion stream); `Autodiff` over any of them (feature `autodiff`)
+//! registers our backward ops.
 
 use burn::module::Param;
 use burn::nn::Linear;
@@ -19,6 +22,8 @@ mod autodiff;
 mod cube;
 #[cfg(feature = "cuda")]
 mod cublaslt;
+#[cfg(feature = "fusion")]
+mod fusion;
 pub mod geglu;
 #[cfg(any(feature = "cuda", test))]
 mod gemm_layout;

@@ -1,6 +1,8 @@
-//! Shared code of the parity tests: reading the HF fixtures of `fixtures/` (made by
-//! `fixtures/generate.py`) and comparing our outputs with HF's.
+//! Shared code of the tests: reading the HF fixtures of `fixtures/` (made by
+//! `fixtures/generate.py`) and comparing our outputs with HF's; the attention checks
+//! ([`attention`]); the fused Wgpu backend ([`FusedWgpu`]).
 
+pub mod attention;
 pub mod compare;
 pub mod random;
 
@@ -15,6 +17,14 @@ use modernbert::{
 };
 use safetensors::SafeTensors;
 use serde::Deserialize;
+
+/// Burn's fusion backend over Wgpu, with our kernels as custom ops of the fusion stream.
+/// (`burn::backend::Wgpu` is this type only with Burn's `fusion` feature, which this
+/// workspace leaves off, so the other tests' `Wgpu` stays the plain CubeCL backend.)
+#[cfg(feature = "wgpu")]
+pub type FusedWgpu = burn_fusion::Fusion<
+    burn::backend::wgpu::CubeBackend<burn::backend::wgpu::WgpuRuntime, f32, i32, u32>,
+>;
 
 /// The fixtures folder: `MODERNBERT_FIXTURES` if set (for test binaries copied to another
 /// machine), else this crate's `fixtures/`.

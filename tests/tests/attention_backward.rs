@@ -9,87 +9,14 @@
 //! `--test-threads 1`, as `scripts/gpu-check.sh` does.)
 
 use burn::backend::Autodiff;
-use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{DType, Distribution, Tensor, TensorData};
-use modernbert::{Backend, Execution, LayerType, ModernBertConfig, ModernBertInput};
-use modernbert_kernels::attention::reference::varlen_attention_reference;
 #[cfg(feature = "cuda")]
 use modernbert_kernels::attention::PATH_ENV;
-use modernbert_kernels::{
-    last_backward_kernel_path, varlen_attention, varlen_attention_packed, CuSeqlens, KernelPath,
-    VarlenAttentionOptions, VarlenMeta,
-};
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+use modernbert_kernels::KernelPath;
+use modernbert_kernels::{varlen_attention, varlen_attention_packed, CuSeqlens, VarlenAttentionOptions};
+use modernbert_tests::attention::{check_gradients, check_model_gradients, max_len_from_env, CASES};
 use modernbert_tests::compare::relative_error;
-use modernbert_tests::random::Rng;
-
-/// Lengths `1..=max`, always including 1 and `max`.
-fn random_lengths(rng: &mut Rng, max: usize) -> Vec<usize> {
-    let mut lengths = vec![max, 1];
-    for _ in 0..4 {
-        lengths.push(1 + rng.below(max as u64) as usize);
-    }
-    lengths
-}
-
-/// dq, dk, dv of `sum(out ∘ w)` for a random `w`: ours vs autodiff through the reference;
-/// returns the worst relative error of the three.
-fn compare_gradients<B: AutodiffBackend + Backend>(
-    device: &B::Device,
-    lengths: &[usize],
-    head_dim: usize,
-    window: Option<usize>,
-    dtype: DType,
-) -> f32 {
-    let heads = 2;
-    let cu = CuSeqlens::<B>::from_lengths(lengths, device).unwrap();
-    let shape = [cu.total(), heads, head_dim];
-    let random = || Tensor::<B, 3>::random(shape, Distribution::Normal(0.0, 1.0), device);
-    let (q, k, v, w) = (random(), random(), random(), random());
-    let round = |t: &Tensor<B, 3>| t.clone().cast(dtype).cast(DType::F32);
-    let grads_of = |ours: bool| {
-        let (q, k, v) = (
-            round(&q).require_grad(),
-            round(&k).require_grad(),
-            round(&v).require_grad(),
-        );
-        let out = if ours {
-            let options = VarlenAttentionOptions {
-                window,
-                scale: None,
-            };
-            let cast = |t: &Tensor<B, 3>| t.clone().cast(dtype);
-            varlen_attention(cast(&q), cast(&k), cast(&v), &cu, options)
-                .unwrap()
-                .out
-        } else {
-            let meta = VarlenMeta {
-                offsets: cu.offsets(),
-                max_seqlen: cu.max_seqlen(),
-                window,
-                scale: 1.0 / (head_dim as f32).sqrt(),
-            };
-            varlen_attention_reference(q.clone(), k.clone(), v.clone(), &meta).0
-        };
-        let grads = (out.cast(DType::F32) * w.clone()).sum().backward();
-        [q, k, v].map(|t| t.grad(&grads).expect("gradient").cast(DType::F32))
-    };
-    let (ours, reference) = (grads_of(true), grads_of(false));
-    ours.into_iter()
-        .zip(reference)
-        .map(|(a, b)| relative_error(a, b))
-        .fold(0f32, f32::max)
-}
-
-/// Longest sequence tested: `MODERNBERT_MAX_LEN` if set, else `default`.
-fn max_len(default: usize) -> usize {
-    std::env::var("MODERNBERT_MAX_LEN")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default)
-}
-
-/// `(head_dim, window)` of the CI checks.
-const CASES: &[(usize, Option<usize>)] = &[(64, None), (64, Some(16)), (32, Some(3)), (128, None)];
 
 /// Every head_dim with the window on and off (ModernBERT's ±64 included), on Cuda.
 #[cfg(feature = "cuda")]
@@ -103,41 +30,6 @@ const CUDA_CASES: &[(usize, Option<usize>)] = &[
     (128, Some(64)),
 ];
 
-/// Gradient checks over `cases`; `expected_path`: the backward kernels that must have run
-/// (`None` where no kernel runs, NdArray).
-fn check_gradients<B: AutodiffBackend + Backend>(
-    device: &B::Device,
-    dtype: DType,
-    tolerance: f32,
-    max_len: usize,
-    cases: &[(usize, Option<usize>)],
-    expected_path: Option<KernelPath>,
-) {
-    let mut rng = Rng::from_env();
-    let mut failures = Vec::new();
-    for &(head_dim, window) in cases {
-        let lengths = random_lengths(&mut rng, max_len);
-        let error = compare_gradients::<B>(device, &lengths, head_dim, window, dtype);
-        let path = last_backward_kernel_path();
-        println!("{dtype:?} head_dim {head_dim} window {window:?} lengths {lengths:?} backward kernel {path:?}: gradient error {error:.2e}");
-        if expected_path.is_some() && path != expected_path {
-            failures.push(format!(
-                "head_dim {head_dim} window {window:?}: backward kernel {path:?}, expected {expected_path:?}"
-            ));
-        }
-        if error > tolerance {
-            failures.push(format!(
-                "head_dim {head_dim} window {window:?}: {error:.2e}"
-            ));
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "gradients differ from the reference (tolerance {tolerance:e}):\n{}",
-        failures.join("\n")
-    );
-}
-
 #[cfg(feature = "ndarray")]
 #[test]
 fn ndarray_backward_matches_reference_autodiff() {
@@ -145,7 +37,7 @@ fn ndarray_backward_matches_reference_autodiff() {
         &Default::default(),
         DType::F32,
         1e-5,
-        max_len(90),
+        max_len_from_env(90),
         CASES,
         None,
     );
@@ -161,7 +53,7 @@ fn wgpu_backward_kernels_match_reference_autodiff() {
         &Default::default(),
         DType::F32,
         1e-4,
-        max_len(400),
+        max_len_from_env(400),
         CASES,
         Some(KernelPath::Plain),
     );
@@ -185,7 +77,7 @@ fn cuda_backward_kernels_match_reference_autodiff_f32() {
         &Default::default(),
         DType::F32,
         1e-4,
-        max_len(600),
+        max_len_from_env(600),
         CUDA_CASES,
         Some(KernelPath::Plain),
     );
@@ -198,7 +90,7 @@ fn cuda_backward_kernels_match_reference_autodiff_bf16() {
         &Default::default(),
         DType::BF16,
         2e-2,
-        max_len(600),
+        max_len_from_env(600),
         CUDA_CASES,
         Some(cuda_half_path()),
     );
@@ -211,7 +103,7 @@ fn cuda_backward_kernels_match_reference_autodiff_f16() {
         &Default::default(),
         DType::F16,
         2e-2,
-        max_len(600),
+        max_len_from_env(600),
         CUDA_CASES,
         Some(cuda_half_path()),
     );
@@ -304,62 +196,6 @@ fn backward_matches_finite_differences() {
     }
     println!("worst finite-difference error {worst:.2e}");
     assert!(worst < 1e-6, "finite differences disagree: {worst:.2e}");
-}
-
-/// A tiny ModernBERT's parameter gradients: unpadded (our attention op and its backward)
-/// against padded (dense masks, Burn's autodiff), on an uneven padded batch.
-fn check_model_gradients<B: AutodiffBackend + Backend>(device: &B::Device, tolerance: f32) {
-    let config = ModernBertConfig {
-        vocab_size: 64,
-        hidden_size: 32,
-        intermediate_size: 48,
-        num_hidden_layers: 3,
-        num_attention_heads: 2,
-        local_attention: 8,
-        layer_types: vec![LayerType::Global, LayerType::Local, LayerType::Local],
-        max_position_embeddings: 128,
-        pad_token_id: 0,
-        cls_token_id: 1,
-        sep_token_id: 2,
-        ..ModernBertConfig::base()
-    };
-    let model = config.init_masked_lm::<B>(device);
-    let mut rng = Rng::from_env();
-    let sequences: Vec<Vec<u32>> = [23usize, 7, 40]
-        .iter()
-        .map(|&len| (0..len).map(|_| 3 + rng.below(60) as u32).collect())
-        .collect();
-    let weights = Tensor::<B, 3>::random([3, 40, 64], Distribution::Default, device);
-    let grads_of = |execution: Execution| {
-        let input = ModernBertInput::from_token_ids(&sequences, &config, device)
-            .unwrap()
-            .with_execution(execution);
-        let mask = input.attention_mask.clone().float().unsqueeze_dim::<3>(2);
-        let logits = model.forward(input).unwrap().logits;
-        let grads = (logits * mask * weights.clone()).sum().backward();
-        let embeddings = model
-            .model
-            .embeddings
-            .tok_embeddings
-            .weight
-            .grad(&grads)
-            .unwrap();
-        let wqkv = model.model.layers[1].attn.Wqkv.weight.grad(&grads).unwrap();
-        (embeddings, wqkv)
-    };
-    let (ours, reference) = (grads_of(Execution::Unpadded), grads_of(Execution::Padded));
-    let errors = [
-        relative_error(ours.0, reference.0),
-        relative_error(ours.1, reference.1),
-    ];
-    println!(
-        "model gradients, unpadded vs padded: tok_embeddings {:.2e}, layers.1.attn.Wqkv {:.2e}",
-        errors[0], errors[1]
-    );
-    assert!(
-        errors.iter().all(|&e| e < tolerance),
-        "model gradients differ: {errors:?}"
-    );
 }
 
 #[cfg(feature = "ndarray")]

@@ -6,171 +6,22 @@
 //! which kernel ran: the plain one on Wgpu (WGSL has no cmma) and for f32; for f16/bf16 on
 //! Cuda the mma one (sm80+), or the one `MODERNBERT_ATTENTION_PATH=cmma|plain` forces.
 
-use burn::tensor::{DType, Distribution, Tensor};
-use modernbert::Backend;
-use modernbert_kernels::attention::reference::varlen_attention_reference;
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+use burn::tensor::DType;
+use burn::tensor::Tensor;
 #[cfg(feature = "cuda")]
 use modernbert_kernels::attention::PATH_ENV;
-use modernbert_kernels::{
-    last_kernel_path, varlen_attention, AttentionError, CuSeqlens, KernelPath,
-    VarlenAttentionOptions, VarlenMeta,
-};
-use modernbert_tests::compare::relative_error;
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+use modernbert_kernels::KernelPath;
+use modernbert_kernels::{varlen_attention, AttentionError, CuSeqlens, VarlenAttentionOptions};
+#[cfg(feature = "cuda")]
+use modernbert_tests::attention::max_len_from_env;
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+use modernbert_tests::attention::check_kernel;
+#[cfg(feature = "wgpu")]
+use modernbert_tests::attention::{assert_no_failures, check_case, mixed_max_len, Case};
+#[cfg(feature = "wgpu")]
 use modernbert_tests::random::Rng;
-
-/// Kernel vs reference for one configuration; returns (out error, lse error).
-fn compare<B: Backend>(
-    device: &B::Device,
-    lengths: &[usize],
-    heads: usize,
-    head_dim: usize,
-    window: Option<usize>,
-    dtype: DType,
-) -> (f32, f32) {
-    let cu = CuSeqlens::<B>::from_lengths(lengths, device).unwrap();
-    let total = cu.total();
-    let random = || {
-        Tensor::<B, 3>::random(
-            [total, heads, head_dim],
-            Distribution::Normal(0.0, 1.5),
-            device,
-        )
-    };
-    let (q, k, v) = (random(), random(), random());
-    // Poison the allocator: freed NaN buffers are what the kernel's outputs get next.
-    for _ in 0..2 {
-        let poison = Tensor::<B, 3>::full([total, heads, head_dim], f32::NAN, device);
-        let _ = poison.clone().sum().into_scalar();
-    }
-    let options = VarlenAttentionOptions {
-        window,
-        scale: None,
-    };
-    let cast = |t: &Tensor<B, 3>| t.clone().cast(dtype);
-    let start = std::time::Instant::now();
-    let ours = varlen_attention(cast(&q), cast(&k), cast(&v), &cu, options).unwrap();
-    let _ = ours.lse.clone().sum().into_scalar();
-    let kernel_time = start.elapsed();
-    let meta = VarlenMeta {
-        offsets: cu.offsets(),
-        max_seqlen: cu.max_seqlen(),
-        window,
-        scale: 1.0 / (head_dim as f32).sqrt(),
-    };
-    // The reference sees the same (possibly rounded) inputs, computed in f32.
-    let round = |t: &Tensor<B, 3>| t.clone().cast(dtype).cast(DType::F32);
-    let start = std::time::Instant::now();
-    let (out, lse) = varlen_attention_reference(round(&q), round(&k), round(&v), &meta);
-    let _ = lse.clone().sum().into_scalar();
-    println!(
-        "kernel {kernel_time:.2?}, reference {:.2?}",
-        start.elapsed()
-    );
-    (
-        relative_error(ours.out.cast(DType::F32), out),
-        relative_error(ours.lse, lse),
-    )
-}
-
-fn random_lengths(rng: &mut Rng, max: usize) -> Vec<usize> {
-    let mut lengths = vec![1, max];
-    for _ in 0..6 {
-        lengths.push(1 + rng.below(max as u64) as usize);
-    }
-    // Shuffle so the long and short sequences are not always at the ends.
-    for i in (1..lengths.len()).rev() {
-        lengths.swap(i, rng.below(i as u64 + 1) as usize);
-    }
-    lengths
-}
-
-/// Longest sequence tested at a head_dim: `MODERNBERT_MAX_LEN` if set, else `default`.
-fn env_max_len(default: usize) -> usize {
-    std::env::var("MODERNBERT_MAX_LEN")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default)
-}
-
-fn check_kernel<B: Backend>(
-    device: &B::Device,
-    dtype: DType,
-    tolerance: f32,
-    max_len: fn(usize) -> usize,
-    expected_path: KernelPath,
-) {
-    let mut rng = Rng::from_env();
-    let mut failures = Vec::new();
-    for (head_dim, window) in [
-        (64, None),
-        (64, Some(64)),
-        (32, None),
-        (32, Some(5)),
-        (128, None),
-        (128, Some(64)),
-    ] {
-        let lengths = random_lengths(&mut rng, max_len(head_dim));
-        let case = Case {
-            lengths: &lengths,
-            head_dim,
-            window,
-            dtype,
-        };
-        failures.extend(check_case::<B>(device, case, tolerance, expected_path));
-    }
-    assert_no_failures(&failures, tolerance);
-}
-
-/// One configuration of a kernel check.
-struct Case<'a> {
-    lengths: &'a [usize],
-    head_dim: usize,
-    window: Option<usize>,
-    dtype: DType,
-}
-
-/// Kernel vs reference for one case (2 heads): what went wrong, if anything.
-fn check_case<B: Backend>(
-    device: &B::Device,
-    case: Case,
-    tolerance: f32,
-    expected_path: KernelPath,
-) -> Vec<String> {
-    let Case {
-        lengths,
-        head_dim,
-        window,
-        dtype,
-    } = case;
-    let (out, lse) = compare::<B>(device, lengths, 2, head_dim, window, dtype);
-    let path = last_kernel_path();
-    println!("{dtype:?} head_dim {head_dim} window {window:?} lengths {lengths:?} kernel {path:?}: out {out:.2e}, lse {lse:.2e}");
-    let mut failures = Vec::new();
-    if path != Some(expected_path) {
-        failures.push(format!(
-            "head_dim {head_dim} window {window:?}: kernel {path:?}, expected {expected_path:?}"
-        ));
-    }
-    if out > tolerance || lse > tolerance {
-        failures.push(format!(
-            "head_dim {head_dim} window {window:?} lengths {lengths:?}: out {out:.2e} lse {lse:.2e}"
-        ));
-    }
-    failures
-}
-
-fn assert_no_failures(failures: &[String], tolerance: f32) {
-    assert!(
-        failures.is_empty(),
-        "kernel differs from reference (tolerance {tolerance:e}):\n{}",
-        failures.join("\n")
-    );
-}
-
-/// Longest sequence of the mixed-length checks: 600 unless `MODERNBERT_MAX_LEN` says.
-fn mixed_max_len(_head_dim: usize) -> usize {
-    env_max_len(600)
-}
 
 #[cfg(feature = "wgpu")]
 #[test]
@@ -239,7 +90,7 @@ fn cuda_kernel_matches_reference() {
         Ok("cmma") => KernelPath::TensorCore,
         _ => KernelPath::Mma,
     };
-    let max_len = |_| env_max_len(600);
+    let max_len = |_| max_len_from_env(600);
     check_kernel::<B>(&device, DType::F32, 1e-5, max_len, KernelPath::Plain);
     check_kernel::<B>(&device, DType::F16, 1e-2, max_len, half_path);
     check_kernel::<B>(&device, DType::BF16, 1e-2, max_len, half_path);

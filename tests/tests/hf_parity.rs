@@ -1,5 +1,5 @@
 //! Our outputs vs HF transformers' on the committed fixtures, per backend:
-//! NdArray ≤ 1e-5, Wgpu ≤ 1e-4, Cuda ≤ 1e-4 (max relative error, f32).
+//! NdArray ≤ 1e-5, Wgpu (plain and fused) ≤ 1e-4, Cuda ≤ 1e-4 (max relative error, f32).
 
 use modernbert::{ModernBertConfig, ModernBertTokenizer, Truncation};
 use modernbert_tests::{fixtures_dir, parity, Fixture};
@@ -36,6 +36,13 @@ fn ndarray_matches_hf() {
 #[test]
 fn wgpu_matches_hf() {
     check_all::<burn::backend::Wgpu>(&Default::default(), 1e-4);
+}
+
+/// Wgpu under Burn's fusion, our kernels as custom ops of the fusion stream.
+#[cfg(feature = "wgpu")]
+#[test]
+fn wgpu_fusion_matches_hf() {
+    check_all::<modernbert_tests::FusedWgpu>(&Default::default(), 1e-4);
 }
 
 #[cfg(feature = "cuda")]
