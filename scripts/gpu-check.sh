@@ -81,6 +81,8 @@ step cuda_attention_kernel "$BIN/attention_kernel" --nocapture --test-threads 1 
 MODERNBERT_ATTENTION_PATH=plain step cuda_attention_kernel_plain "$BIN/attention_kernel" --nocapture --test-threads 1 cuda
 step cuda_attention_backward "$BIN/attention_backward" --nocapture --test-threads 1 cuda
 MODERNBERT_ATTENTION_PATH=plain step cuda_attention_backward_plain "$BIN/attention_backward" --nocapture --test-threads 1 cuda
+# Our ops on Burn's fusion backend over Cuda (custom ops of the fusion stream).
+step cuda_fusion "$BIN/fusion" --nocapture --test-threads 1 cuda
 # Wgpu on the H200's Vulkan driver (the loader travels in .gl/, see the device README).
 if [ -d .gl ]; then
   for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig

@@ -9,6 +9,7 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{DType, Distribution, Tensor};
 use modernbert::{Backend, Execution, LayerType, ModernBertConfig, ModernBertInput};
 use modernbert_kernels::attention::reference::varlen_attention_reference;
+use modernbert_kernels::attention::PATH_ENV;
 use modernbert_kernels::{
     last_backward_kernel_path, last_kernel_path, varlen_attention, CuSeqlens, KernelPath,
     VarlenAttentionOptions, VarlenMeta,
@@ -42,6 +43,16 @@ pub fn max_len_from_env(default: usize) -> usize {
 /// says.
 pub fn mixed_max_len(_head_dim: usize) -> usize {
     max_len_from_env(600)
+}
+
+/// The kernels f16/bf16 attention takes on Cuda: mma.sync on sm80+ (the GPU machine's
+/// H200), or the ones `MODERNBERT_ATTENTION_PATH=cmma|plain` forces.
+pub fn cuda_half_path() -> KernelPath {
+    match std::env::var(PATH_ENV).as_deref() {
+        Ok("plain") => KernelPath::Plain,
+        Ok("cmma") => KernelPath::TensorCore,
+        _ => KernelPath::Mma,
+    }
 }
 
 /// Forward kernel vs reference for one configuration; returns (out error, lse error).

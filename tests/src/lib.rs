@@ -1,6 +1,6 @@
 //! Shared code of the tests: reading the HF fixtures of `fixtures/` (made by
 //! `fixtures/generate.py`) and comparing our outputs with HF's; the attention checks
-//! ([`attention`]); the fused Wgpu backend ([`FusedWgpu`]).
+//! ([`attention`]); the fused Wgpu and Cuda backends (`FusedWgpu`, `FusedCuda`).
 
 pub mod attention;
 pub mod compare;
@@ -25,6 +25,11 @@ use serde::Deserialize;
 pub type FusedWgpu = burn_fusion::Fusion<
     burn::backend::wgpu::CubeBackend<burn::backend::wgpu::WgpuRuntime, f32, i32, u32>,
 >;
+
+/// Burn's fusion backend over Cuda, with our kernels as custom ops of the fusion stream
+/// (`burn::backend::Cuda` is the plain CubeCL backend here, as `Wgpu` is).
+#[cfg(feature = "cuda")]
+pub type FusedCuda = burn_fusion::Fusion<burn::backend::Cuda>;
 
 /// The fixtures folder: `MODERNBERT_FIXTURES` if set (for test binaries copied to another
 /// machine), else this crate's `fixtures/`.

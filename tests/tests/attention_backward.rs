@@ -10,11 +10,11 @@
 
 use burn::backend::Autodiff;
 use burn::tensor::{DType, Distribution, Tensor, TensorData};
-#[cfg(feature = "cuda")]
-use modernbert_kernels::attention::PATH_ENV;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 use modernbert_kernels::KernelPath;
 use modernbert_kernels::{varlen_attention, varlen_attention_packed, CuSeqlens, VarlenAttentionOptions};
+#[cfg(feature = "cuda")]
+use modernbert_tests::attention::cuda_half_path;
 use modernbert_tests::attention::{check_gradients, check_model_gradients, max_len_from_env, CASES};
 use modernbert_tests::compare::relative_error;
 
@@ -57,17 +57,6 @@ fn wgpu_backward_kernels_match_reference_autodiff() {
         CASES,
         Some(KernelPath::Plain),
     );
-}
-
-/// The backward kernels that f16/bf16 take on Cuda: mma.sync on sm80+ (the GPU machine's
-/// H200), or the ones `MODERNBERT_ATTENTION_PATH=cmma|plain` forces.
-#[cfg(feature = "cuda")]
-fn cuda_half_path() -> KernelPath {
-    match std::env::var(PATH_ENV).as_deref() {
-        Ok("plain") => KernelPath::Plain,
-        Ok("cmma") => KernelPath::TensorCore,
-        _ => KernelPath::Mma,
-    }
 }
 
 #[cfg(feature = "cuda")]

@@ -9,13 +9,11 @@
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 use burn::tensor::DType;
 use burn::tensor::Tensor;
-#[cfg(feature = "cuda")]
-use modernbert_kernels::attention::PATH_ENV;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 use modernbert_kernels::KernelPath;
 use modernbert_kernels::{varlen_attention, AttentionError, CuSeqlens, VarlenAttentionOptions};
 #[cfg(feature = "cuda")]
-use modernbert_tests::attention::max_len_from_env;
+use modernbert_tests::attention::{cuda_half_path, max_len_from_env};
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 use modernbert_tests::attention::check_kernel;
 #[cfg(feature = "wgpu")]
@@ -84,12 +82,7 @@ fn wgpu_kernel_matches_reference_f16() {
 fn cuda_kernel_matches_reference() {
     type B = burn::backend::Cuda;
     let device = Default::default();
-    // f16/bf16: mma.sync on sm80+ (the GPU machine's H200), cmma when forced.
-    let half_path = match std::env::var(PATH_ENV).as_deref() {
-        Ok("plain") => KernelPath::Plain,
-        Ok("cmma") => KernelPath::TensorCore,
-        _ => KernelPath::Mma,
-    };
+    let half_path = cuda_half_path();
     let max_len = |_| max_len_from_env(600);
     check_kernel::<B>(&device, DType::F32, 1e-5, max_len, KernelPath::Plain);
     check_kernel::<B>(&device, DType::F16, 1e-2, max_len, half_path);
