@@ -181,7 +181,7 @@ impl OwnedVarlenMeta {
 /// For `B` a CubeCL backend (the only fusion backends in Burn 0.21). The outputs' shapes and
 /// dtypes declared below are those the trait documents and the CubeCL implementations
 /// return (`cube.rs`); an inner backend returning others fails the check in
-/// [`CustomOp::execute`].
+/// `CustomOp::execute`.
 impl<B: FusionBackend + Backend> Backend for Fusion<B> {
     fn matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {
         let Ok(shape) = calculate_matmul_output(&lhs.shape, &rhs.shape) else {
