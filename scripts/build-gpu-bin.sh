@@ -34,10 +34,10 @@ pack() { # archive name, files to put in its bin/
   fi
   tar -C gpu-bin -cJf "gpu-bin/$name.tar.xz" bin && rm -rf gpu-bin/bin
 }
-for t in hf_roundtrip attention_kernel attention_backward fusion gemm geglu layer_norm rope; do cp "$(test_binary $t)" "gpu-bin/stage/$t"; done
+for t in hf_roundtrip attention_kernel attention_backward fusion gemm geglu layer_norm rope select_rows cross_entropy stable_adamw; do cp "$(test_binary $t)" "gpu-bin/stage/$t"; done
 S=gpu-bin/stage
 bins=($S/attention-bench $S/gemm-bench)
-pack kernels $S/parity "${bins[@]}" $S/hf_roundtrip $S/attention_kernel $S/attention_backward $S/fusion $S/gemm $S/geglu $S/layer_norm $S/rope
+pack kernels $S/parity "${bins[@]}" $S/hf_roundtrip $S/attention_kernel $S/attention_backward $S/fusion $S/gemm $S/geglu $S/layer_norm $S/rope $S/select_rows $S/cross_entropy $S/stable_adamw
 pack e2e $S/modernbert $S/modernbert-train $S/parity "${bins[@]}" $S/attention_kernel
 rm -rf gpu-bin/stage
 ls -la gpu-bin

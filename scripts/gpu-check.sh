@@ -77,6 +77,9 @@ step cuda_gemm "$BIN/gemm" --nocapture --test-threads 1 cuda
 step cuda_geglu "$BIN/geglu" --nocapture --test-threads 1 cuda
 step cuda_layer_norm "$BIN/layer_norm" --nocapture --test-threads 1 cuda
 step cuda_rope "$BIN/rope" --nocapture --test-threads 1 cuda
+step cuda_select_rows "$BIN/select_rows" --nocapture --test-threads 1 cuda
+step cuda_cross_entropy "$BIN/cross_entropy" --nocapture --test-threads 1 cuda
+step cuda_stable_adamw "$BIN/stable_adamw" --nocapture --test-threads 1 cuda
 step cuda_attention_kernel "$BIN/attention_kernel" --nocapture --test-threads 1 cuda
 MODERNBERT_ATTENTION_PATH=plain step cuda_attention_kernel_plain "$BIN/attention_kernel" --nocapture --test-threads 1 cuda
 step cuda_attention_backward "$BIN/attention_backward" --nocapture --test-threads 1 cuda

@@ -8,6 +8,10 @@
 //! - LayerNorm: the forward saves x, γ and the per-row mean and rstd it returns; the
 //!   backward is [`Backend::layer_norm_backward`] (dx, dγ and, with a bias, dβ). The op has
 //!   two parents without β and three with it.
+//! - cross-entropy: the forward saves the logits, labels and lse; the backward is
+//!   [`Backend::cross_entropy_backward`]. lse and the arg-max are returned untracked.
+//! - row selection: the table's gradient is [`Backend::select_rows_backward`] (a
+//!   deterministic segment sum on CubeCL backends), from the saved indices.
 //! - RoPE q/k/v split: one op with parent qkv (the tables and positions are constants),
 //!   saving only the tables and positions; the backward is [`Backend::rope_qkv_backward`].
 //! - varlen attention: the forward runs the inner backend's kernel and saves only its
@@ -325,6 +329,76 @@ impl<B: Backend, C: CheckpointStrategy> Backend for Autodiff<B, C> {
         }
     }
 
+    fn cross_entropy(
+        logits: FloatTensor<Self>,
+        labels: IntTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, IntTensor<Self>) {
+        /// The per-row loss; the state is the logits, labels and lse.
+        #[derive(Debug)]
+        struct CrossEntropy;
+
+        impl<B: Backend> Backward<B, 1> for CrossEntropy {
+            type State = (FloatTensor<B>, IntTensor<B>, FloatTensor<B>);
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 1>,
+                grads: &mut Gradients,
+                _: &mut Checkpointer,
+            ) {
+                let (logits, labels, lse) = ops.state;
+                unary::<B, _>(ops.parents, ops.node, grads, |grad| {
+                    B::cross_entropy_backward(logits, labels, lse, grad)
+                });
+            }
+        }
+
+        let (loss, lse, predicted) = B::cross_entropy(logits.primitive.clone(), labels.clone());
+        let untracked_lse = <Self as AutodiffBackend>::from_inner(lse.clone());
+        let loss = match CrossEntropy
+            .prepare::<C>([logits.node])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish((logits.primitive, labels, lse), loss),
+            OpsKind::UnTracked(prep) => prep.finish(loss),
+        };
+        (loss, untracked_lse, predicted)
+    }
+
+    fn select_rows(table: FloatTensor<Self>, indices: IntTensor<Self>) -> FloatTensor<Self> {
+        /// Row selection; the state is the indices and the table's row count.
+        #[derive(Debug)]
+        struct SelectRows;
+
+        impl<B: Backend> Backward<B, 1> for SelectRows {
+            type State = (IntTensor<B>, usize);
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 1>,
+                grads: &mut Gradients,
+                _: &mut Checkpointer,
+            ) {
+                let (indices, num_rows) = ops.state;
+                unary::<B, _>(ops.parents, ops.node, grads, |grad| {
+                    B::select_rows_backward(grad, indices, num_rows)
+                });
+            }
+        }
+
+        let num_rows = table.primitive.shape().dims::<2>()[0];
+        let out = B::select_rows(table.primitive, indices.clone());
+        match SelectRows
+            .prepare::<C>([table.node])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish((indices, num_rows), out),
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        }
+    }
+
     fn layer_norm_forward(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
@@ -449,7 +523,8 @@ impl<B: Backend, C: CheckpointStrategy> Backend for Autodiff<B, C> {
         meta: &VarlenMeta,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         let [q, k, v] = crate::attention::split_packed::<B>(qkv.primitive);
-        let (out, lse) = B::varlen_attention(q.clone(), k.clone(), v.clone(), cu_seqlens.clone(), meta);
+        let (out, lse) =
+            B::varlen_attention(q.clone(), k.clone(), v.clone(), cu_seqlens.clone(), meta);
         let untracked_lse = <Self as AutodiffBackend>::from_inner(lse.clone());
         let prep = PackedVarlenAttention
             .prepare::<C>([qkv.node])

@@ -84,6 +84,31 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> Backend
         crate::geglu::kernel::geglu_backward(x, grad)
     }
 
+    fn cross_entropy(
+        logits: FloatTensor<Self>,
+        labels: IntTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, IntTensor<Self>) {
+        crate::cross_entropy::kernel::cross_entropy(logits, labels)
+    }
+
+    fn cross_entropy_backward(
+        logits: FloatTensor<Self>,
+        labels: IntTensor<Self>,
+        lse: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let grad = Self::float_cast(grad, FloatDType::F32);
+        crate::cross_entropy::kernel::cross_entropy_backward(logits, labels, lse, grad)
+    }
+
+    fn select_rows_backward(
+        grad: FloatTensor<Self>,
+        indices: IntTensor<Self>,
+        num_rows: usize,
+    ) -> FloatTensor<Self> {
+        crate::select_rows::kernel::select_rows_backward(grad, indices, num_rows)
+    }
+
     fn stable_adamw_step(
         param: FloatTensor<Self>,
         grad: FloatTensor<Self>,

@@ -2,7 +2,8 @@
 //! backends run better (or more exactly) than Burn's generic ops.
 //!
 //! Model code calls the free functions here ([`matmul`], [`linear`], [`linear_residual`],
-//! [`geglu()`], [`layer_norm()`], [`rope_qkv`], [`varlen_attention`], and the optimizer's
+//! [`geglu()`], [`layer_norm()`], [`rope_qkv`], [`varlen_attention`], [`select_rows`], the
+//! loss's [`cross_entropy`], and the optimizer's
 //! [`stable_adamw_step`]); each backend picks
 //! its implementation through [`Backend`]. Backends without a specialised kernel use the
 //! default methods, which are plain Burn ops. The CubeCL backends (Cuda, Wgpu) run our
@@ -18,6 +19,7 @@ use burn::tensor::{Tensor, TensorMetadata, TensorPrimitive};
 pub mod attention;
 #[cfg(any(feature = "autodiff", test))]
 mod autodiff;
+pub mod cross_entropy;
 #[cfg(feature = "cube")]
 mod cube;
 #[cfg(feature = "cuda")]
@@ -29,6 +31,7 @@ pub mod geglu;
 mod gemm_layout;
 pub mod layer_norm;
 pub mod rope;
+pub mod select_rows;
 pub mod stable_adamw;
 
 #[cfg(feature = "cuda")]
@@ -36,12 +39,14 @@ pub use cublaslt::status as cublaslt_status;
 
 pub use attention::{
     last_backward_kernel_path, last_kernel_path, varlen_attention, varlen_attention_packed,
-    AttentionError, CuSeqlens,
-    KernelPath, VarlenAttentionOptions, VarlenAttentionOutput, VarlenMeta,
+    AttentionError, CuSeqlens, KernelPath, VarlenAttentionOptions, VarlenAttentionOutput,
+    VarlenMeta,
 };
+pub use cross_entropy::{cross_entropy, CrossEntropyError, CrossEntropyOutput};
 pub use geglu::{geglu, GegluError};
 pub use layer_norm::{layer_norm, LayerNormError};
 pub use rope::{rope_qkv, rope_qkv_packed, RopeError};
+pub use select_rows::select_rows;
 pub use stable_adamw::{stable_adamw_step, StableAdamWError, StableAdamWStep};
 
 /// A Burn backend with modernbert's extension operations.
@@ -95,6 +100,76 @@ pub trait Backend: burn::tensor::backend::Backend {
         geglu::geglu_backward_reference(wrap(x), wrap(grad))
             .into_primitive()
             .tensor()
+    }
+
+    /// Rows `indices` of `table` (see [`select_rows`]). The default is Burn's `select`;
+    /// under autodiff the table's gradient is [`Backend::select_rows_backward`].
+    ///
+    /// # Shapes
+    /// - table: `[rows, width]`, indices: `[n]`; output: `[n, width]`
+    fn select_rows(table: FloatTensor<Self>, indices: IntTensor<Self>) -> FloatTensor<Self> {
+        Self::float_select(table, 0, indices)
+    }
+
+    /// Gradient of [`Backend::select_rows`]'s table: the rows of `grad` summed into a
+    /// `[num_rows, width]` table at `indices`. The default is the reference in Burn's ops
+    /// ([`select_rows::select_rows_backward_reference`]).
+    ///
+    /// # Shapes
+    /// - grad: `[n, width]`, indices: `[n]`; output: `[num_rows, width]`
+    fn select_rows_backward(
+        grad: FloatTensor<Self>,
+        indices: IntTensor<Self>,
+        num_rows: usize,
+    ) -> FloatTensor<Self> {
+        select_rows::select_rows_backward_reference(
+            Tensor::<Self, 2>::from_primitive(TensorPrimitive::Float(grad)),
+            Tensor::from_primitive(indices),
+            num_rows,
+        )
+        .into_primitive()
+        .tensor()
+    }
+
+    /// Per-row cross-entropy and arg-max (see [`cross_entropy()`], which validates the
+    /// shapes); returns `(loss, lse, predicted)`, loss and lse in f32. The default is the
+    /// exact reference in plain tensor ops.
+    ///
+    /// # Shapes
+    /// - logits: `[rows, classes]`, labels: `[rows]`; outputs `[rows]`
+    fn cross_entropy(
+        logits: FloatTensor<Self>,
+        labels: IntTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, IntTensor<Self>) {
+        let (loss, lse, predicted) = cross_entropy::cross_entropy_reference(
+            Tensor::<Self, 2>::from_primitive(TensorPrimitive::Float(logits)),
+            Tensor::from_primitive(labels),
+        );
+        let float = |t: Tensor<Self, 1>| t.into_primitive().tensor();
+        (float(loss), float(lse), predicted.into_primitive())
+    }
+
+    /// Gradient of [`Backend::cross_entropy`]'s loss with respect to the logits, from the
+    /// forward's lse and the loss gradient (f32), in the logits' dtype. The default is the
+    /// exact reference in plain tensor ops.
+    ///
+    /// # Shapes
+    /// - logits: `[rows, classes]`, labels, lse, grad: `[rows]`; output `[rows, classes]`
+    fn cross_entropy_backward(
+        logits: FloatTensor<Self>,
+        labels: IntTensor<Self>,
+        lse: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let vector = |t| Tensor::<Self, 1>::from_primitive(TensorPrimitive::Float(t));
+        cross_entropy::cross_entropy_backward_reference(
+            Tensor::<Self, 2>::from_primitive(TensorPrimitive::Float(logits)),
+            Tensor::from_primitive(labels),
+            vector(lse),
+            vector(grad),
+        )
+        .into_primitive()
+        .tensor()
     }
 
     /// One StableAdamW update of a flat parameter tensor (see [`stable_adamw_step`], which

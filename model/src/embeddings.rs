@@ -8,7 +8,7 @@ use burn::module::{Initializer, Module};
 use burn::nn::{Dropout, DropoutConfig, Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor};
-use modernbert_kernels::Backend as KernelBackend;
+use modernbert_kernels::{select_rows, Backend as KernelBackend};
 
 use crate::norm::layer_norm;
 
@@ -68,7 +68,13 @@ impl<B: KernelBackend> ModernBertEmbeddings<B> {
     /// - input_ids: `[batch, seq]`
     /// - output: `[batch, seq, hidden_size]`
     pub fn forward(&self, input_ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
-        let embedded = self.tok_embeddings.forward(input_ids);
+        let [batch, seq] = input_ids.dims();
+        // `select_rows` is `Embedding::forward` with a fast, deterministic gradient.
+        let embedded = select_rows(
+            self.tok_embeddings.weight.val(),
+            input_ids.reshape([batch * seq]),
+        )
+        .reshape([batch, seq, self.tok_embeddings.weight.dims()[1]]);
         self.drop
             .forward(layer_norm(&self.norm, self.norm_eps, embedded))
     }

@@ -14,7 +14,13 @@ use modernbert_tests::compare::relative_error;
 
 /// Largest relative error of the three outputs, kernel vs reference, for one case. `v_scale`
 /// sets the old second moment against `g²`: small values push the rms above 1.
-fn compare<B: Backend>(device: &B::Device, n: usize, decay: f64, v_scale: f64, dtype: DType) -> f32 {
+fn compare<B: Backend>(
+    device: &B::Device,
+    n: usize,
+    decay: f64,
+    v_scale: f64,
+    dtype: DType,
+) -> f32 {
     let random = |low: f64, high: f64| {
         Tensor::<B, 1>::random([n], Distribution::Uniform(low, high), device).cast(dtype)
     };
@@ -40,8 +46,13 @@ fn compare<B: Backend>(device: &B::Device, n: usize, decay: f64, v_scale: f64, d
     let cpu = |t: Tensor<B, 1>| {
         Tensor::<NdArray, 1>::from_data(t.cast(DType::F32).into_data(), &Default::default())
     };
-    let (p_ref, m_ref, v_ref) =
-        stable_adamw_reference(cpu(param.clone()), cpu(grad), cpu(exp_avg), cpu(exp_avg_sq), &step);
+    let (p_ref, m_ref, v_ref) = stable_adamw_reference(
+        cpu(param.clone()),
+        cpu(grad),
+        cpu(exp_avg),
+        cpu(exp_avg_sq),
+        &step,
+    );
     // The update is small against θ: compare it, not θ itself.
     let update = relative_error(cpu(p - param.clone()), p_ref - cpu(param));
     let moments = relative_error(cpu(m), m_ref).max(relative_error(cpu(v), v_ref));
@@ -56,12 +67,18 @@ fn check<B: Backend>(device: &B::Device, dtype: DType, tolerance: f32) {
                 let error = compare::<B>(device, n, decay, v_scale, dtype);
                 println!("{dtype:?} n {n} decay {decay} v_scale {v_scale}: {error:.2e}");
                 if !(error <= tolerance) {
-                    failures.push(format!("n {n} decay {decay} v_scale {v_scale}: {error:.2e}"));
+                    failures.push(format!(
+                        "n {n} decay {decay} v_scale {v_scale}: {error:.2e}"
+                    ));
                 }
             }
         }
     }
-    assert!(failures.is_empty(), "kernel differs from reference (tolerance {tolerance:e}):\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "kernel differs from reference (tolerance {tolerance:e}):\n{}",
+        failures.join("\n")
+    );
 }
 
 #[cfg(feature = "wgpu")]

@@ -343,7 +343,7 @@ where
             ))
         })?,
         timer.part("MLM head + loss (masked rows)", 1, || {
-            Ok(mlm_loss(&model, encoded.clone().require_grad(), &targets).loss)
+            Ok(mlm_loss(&model, encoded.clone().require_grad(), &targets)?.loss)
         })?,
     ];
     let sum = |rows: &[StageTiming], keep: fn(&str) -> bool| -> f64 {
@@ -565,6 +565,9 @@ mod tests {
 
     #[test]
     fn a_tiny_run_prints_every_stage_of_the_step() {
+        let _rng = crate::NDARRAY_RNG
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let overrides: Vec<String> = [
             format!("data.train=[{CORPUS:?}]"),
             "model.preset=tiny".into(),

@@ -21,6 +21,12 @@ pub mod rng;
 pub mod schedule;
 pub mod train;
 
+/// NdArray's RNG is process-wide and the unit tests run on parallel threads: every test here
+/// that draws from it (parameter init, dropout masks) holds this lock, so that a seeded
+/// sequence is never interleaved with another test's draws.
+#[cfg(test)]
+pub(crate) static NDARRAY_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 pub use breakdown::{breakdown, Breakdown, BreakdownOptions};
 pub use config::TrainConfig;
 pub use optimizer::{StableAdamW, StableAdamWConfig};

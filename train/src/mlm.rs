@@ -4,9 +4,9 @@
 //! f32.
 
 use anyhow::{Context, Result};
-use burn::tensor::activation::log_softmax;
-use burn::tensor::{DType, FloatDType, Int, Tensor, TensorData};
+use burn::tensor::{Int, Tensor, TensorData};
 use modernbert::{Backend, ModernBertConfig, ModernBertForMaskedLM, UnpaddedInput};
+use modernbert_kernels::{cross_entropy, select_rows, CrossEntropyOutput};
 
 use crate::data::PackedRow;
 use crate::masking::{mask_tokens, MaskingTokens};
@@ -109,7 +109,7 @@ pub fn mlm_forward<B: Backend>(
     let input = UnpaddedInput::from_token_ids(&batch.sequences, config, device)
         .context("building the unpadded MLM batch")?;
     let hidden = model.model.forward_unpadded(&input); // [total_nnz, H]
-    Ok(mlm_loss(model, hidden, &targets))
+    mlm_loss(model, hidden, &targets)
 }
 
 /// The head and decoder on the masked rows of the encoder's output only (sparse
@@ -117,37 +117,26 @@ pub fn mlm_forward<B: Backend>(
 ///
 /// # Shapes
 /// - hidden: `[total_nnz, H]`
+///
+/// # Errors
+/// When the labels do not match the masked rows, or the vocabulary is empty.
 pub fn mlm_loss<B: Backend>(
     model: &ModernBertForMaskedLM<B>,
     hidden: Tensor<B, 2>,
     targets: &MaskedTargets<B>,
-) -> MlmOutput<B> {
+) -> Result<MlmOutput<B>> {
     let [num_masked] = targets.labels.dims();
-    let labels = targets.labels.clone();
     // The head on the masked rows only: [num_masked, vocab].
-    let logits = model.logits(hidden.select(0, targets.positions.clone()));
+    let logits = model.logits(select_rows(hidden, targets.positions.clone()));
     // Softmax over ~50k classes in f32 even when the model runs in bf16.
-    let logits = match logits.dtype() {
-        DType::F16 | DType::BF16 => logits.cast(FloatDType::F32),
-        _ => logits,
-    };
-    let correct = logits
-        .clone()
-        .argmax(1)
-        .reshape([num_masked])
-        .equal(labels.clone())
-        .int()
-        .sum();
-    let log_probs = log_softmax(logits, 1);
-    let loss = log_probs
-        .gather(1, labels.reshape([num_masked, 1]))
-        .mean()
-        .neg();
-    MlmOutput {
-        loss,
+    let CrossEntropyOutput { loss, predicted } = cross_entropy(logits, targets.labels.clone())
+        .context("the MLM loss over the masked tokens")?;
+    let correct = predicted.equal(targets.labels.clone()).int().sum();
+    Ok(MlmOutput {
+        loss: loss.mean(),
         correct,
         num_masked,
-    }
+    })
 }
 
 #[cfg(test)]
@@ -157,11 +146,6 @@ mod tests {
     use burn::module::AutodiffModule;
     use burn::tensor::backend::Backend as _;
     use modernbert::{LayerType, ModernBertInput};
-
-    /// NdArray's RNG is process-wide and tests run on parallel threads: the tests here that
-    /// draw from it (parameter init, dropout masks) hold this lock, so that a seeded sequence
-    /// is never interleaved with another test's draws.
-    static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
     fn config(dropout: f64) -> ModernBertConfig {
         ModernBertConfig::base()
@@ -198,7 +182,9 @@ mod tests {
 
     #[test]
     fn sparse_prediction_equals_the_loss_over_full_logits() {
-        let _rng = RNG.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let _rng = crate::NDARRAY_RNG
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         type B = NdArray;
         let device = Default::default();
         let config = config(0.0);
@@ -211,7 +197,7 @@ mod tests {
         // masked ones.
         let input = ModernBertInput::from_token_ids(&batch.sequences, &config, &device).unwrap();
         let logits = model.forward(input).unwrap().logits; // [3, 7, 64]
-        let log_probs = log_softmax(logits, 2);
+        let log_probs = burn::tensor::activation::log_softmax(logits, 2);
         let mut starts = vec![0];
         for s in &batch.sequences {
             starts.push(starts.last().unwrap() + s.len());
@@ -240,7 +226,9 @@ mod tests {
 
     #[test]
     fn attention_output_dropout_is_active_in_training_only() {
-        let _rng = RNG.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let _rng = crate::NDARRAY_RNG
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         type B = Autodiff<NdArray>;
         let device = Default::default();
         let config = config(0.5);

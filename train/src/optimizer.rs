@@ -24,8 +24,8 @@ use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::{LearningRate, SimpleOptimizer};
 use burn::record::Record;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use modernbert_kernels::{stable_adamw_step, Backend as KernelBackend, StableAdamWStep};
 use burn::tensor::Tensor;
+use modernbert_kernels::{stable_adamw_step, Backend as KernelBackend, StableAdamWStep};
 
 /// Configuration of [`StableAdamW`].
 #[derive(Config, Debug)]

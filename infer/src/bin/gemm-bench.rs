@@ -6,7 +6,8 @@
 //! the MLM decoder over 30% of the tokens), fused by `Backend::fused_linear` vs our matmul
 //! followed by Burn's add; and GeGLU (`gelu(input)·gate` of base's `Wi` output) as our one
 //! kernel vs Burn's ops, and LayerNorm (no bias, over base's hidden size) as our kernel vs
-//! Burn's `LayerNorm`, in GB/s moved.
+//! Burn's `LayerNorm`, in GB/s moved. Last, `select_rows`'s gradient (the embedding's
+//! backward) by index distribution and the MLM cross-entropy, ours vs Burn's ops, in ms.
 //! `scripts/bench_gemm_torch.py --ours FILE` times torch on the same problems
 //! (`torch.matmul`, `torch.addmm`, `gelu(a)·b`) and prints both with the ratio.
 
@@ -276,6 +277,8 @@ fn bench<B: Backend>(args: &Args, device: B::Device) -> Result<()> {
             )
         },
     )?;
+    select_rows_table::<B>(args, &device)?;
+    cross_entropy_table::<B>(args, &device)?;
     if let Some(path) = &args.json {
         let lines: Vec<String> = json.iter().map(|v| v.to_string()).collect();
         std::fs::write(path, lines.join("\n") + "\n")?;
@@ -310,6 +313,123 @@ fn bandwidth_table<B: Backend>(
             "ours_gbps": ours, "burn_gbps": burns,
         }));
     }
+    Ok(())
+}
+
+/// `select_rows`'s gradient (the token embedding's and the MLM gather's backward), ours vs
+/// Burn's `select_add`, in ms per call: base's vocabulary and width, by index distribution
+/// (the cost of our counting sort and of a heavily repeated index such as `[MASK]`).
+fn select_rows_table<B: Backend>(args: &Args, device: &B::Device) -> Result<()> {
+    use burn::tensor::{Int, TensorData};
+    use modernbert_kernels::select_rows::select_rows_backward_reference;
+    let (vocab, width) = (50368, 768);
+    println!();
+    println!("| select_rows backward: indices | n | ours ms | Burn's ms |");
+    println!("|---|---|---|---|");
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move |n: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % n
+    };
+    let cases: [(&str, usize); 5] = [
+        ("distinct", 16384),
+        ("uniform over the vocabulary", 16384),
+        ("MLM-like: 24% one id, Zipf rest", 16384),
+        ("MLM-like: 24% one id, Zipf rest", 4096),
+        ("MLM-like: 24% one id, Zipf rest", 65536),
+    ];
+    for (name, n) in cases {
+        let ids: Vec<i64> = (0..n as u64)
+            .map(|i| match name {
+                "distinct" => (i * 3) as i64,
+                "uniform over the vocabulary" => next(vocab as u64) as i64,
+                // id 4 plays [MASK]; the rest fall on ids ~ 1/rank (a heavy head).
+                _ if next(100) < 24 => 4,
+                _ => (vocab as f64).powf(next(1 << 20) as f64 / (1 << 20) as f64) as i64,
+            })
+            .collect();
+        let indices = Tensor::<B, 1, Int>::from_data(TensorData::new(ids, [n]), device);
+        let grad =
+            Tensor::<B, 2>::random([n, width], Distribution::Default, device).cast(DType::BF16);
+        let ours = {
+            let (grad, indices) = (grad.clone(), indices.clone());
+            move || {
+                let g = grad.clone().into_primitive().tensor();
+                drop(B::select_rows_backward(
+                    g,
+                    indices.clone().into_primitive(),
+                    vocab,
+                ));
+            }
+        };
+        let burns = move || {
+            drop(select_rows_backward_reference(
+                grad.clone(),
+                indices.clone(),
+                vocab,
+            ))
+        };
+        let (ours, burns) = (
+            time::<B>(device, args.seconds, ours)?,
+            time::<B>(device, args.seconds, burns)?,
+        );
+        println!("| {name} | {n} | {:.3} | {:.3} |", ours * 1e3, burns * 1e3);
+    }
+    Ok(())
+}
+
+/// The MLM loss over base's vocabulary for the masked rows of a 16 × 1024 batch, forward
+/// and gradient, ours vs the plain-ops reference, in ms per call.
+fn cross_entropy_table<B: Backend>(args: &Args, device: &B::Device) -> Result<()> {
+    use burn::tensor::{Int, TensorData};
+    use modernbert_kernels::cross_entropy::{
+        cross_entropy_backward_reference, cross_entropy_reference,
+    };
+    let (rows, classes) = (4934, 50368);
+    let logits =
+        Tensor::<B, 2>::random([rows, classes], Distribution::Default, device).cast(DType::BF16);
+    let labels: Vec<i64> = (0..rows as i64).map(|i| i * 7 % classes as i64).collect();
+    let labels = Tensor::<B, 1, Int>::from_data(TensorData::new(labels, [rows]), device);
+    let grad = Tensor::<B, 1>::ones([rows], device);
+    let ours = {
+        let (logits, labels, grad) = (logits.clone(), labels.clone(), grad.clone());
+        move || {
+            let (x, y) = (
+                logits.clone().into_primitive().tensor(),
+                labels.clone().into_primitive(),
+            );
+            let (_, lse, _) = B::cross_entropy(x.clone(), y.clone());
+            drop(B::cross_entropy_backward(
+                x,
+                y,
+                lse,
+                grad.clone().into_primitive().tensor(),
+            ));
+        }
+    };
+    let reference = move || {
+        let (_, lse, _) = cross_entropy_reference(logits.clone(), labels.clone());
+        drop(cross_entropy_backward_reference(
+            logits.clone(),
+            labels.clone(),
+            lse,
+            grad.clone(),
+        ));
+    };
+    let (ours, reference) = (
+        time::<B>(device, args.seconds, ours)?,
+        time::<B>(device, args.seconds, reference)?,
+    );
+    println!();
+    println!("| cross-entropy fwd + bwd | rows × classes | ours ms | plain ops ms |");
+    println!("|---|---|---|---|");
+    println!(
+        "| bf16 logits | {rows} × {classes} | {:.3} | {:.3} |",
+        ours * 1e3,
+        reference * 1e3
+    );
     Ok(())
 }
 

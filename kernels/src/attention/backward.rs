@@ -15,11 +15,11 @@ use super::forward::{
     cmma_plan, mma_plan, path_choice, plain_block_n, plain_unroll, PathChoice, BLOCK_M,
 };
 use super::kernel_backward::{flash_attention_varlen_dkv_kernel, flash_attention_varlen_dq_kernel};
-use super::kernel_backward_mma::{
-    flash_attention_varlen_dkv_mma_kernel, flash_attention_varlen_dq_mma_kernel,
-};
 use super::kernel_backward_cmma::{
     flash_attention_varlen_dkv_cmma_kernel, flash_attention_varlen_dq_cmma_kernel, scratch_width,
+};
+use super::kernel_backward_mma::{
+    flash_attention_varlen_dkv_mma_kernel, flash_attention_varlen_dq_mma_kernel,
 };
 use super::kernel_cmma::{PAD, PAD_F32, SMEM_ALIGN, TILE};
 use super::passes::{head_dim_loop, staging_loop, walked_tiles, TilePasses};

@@ -97,7 +97,16 @@ pub fn flash_attention_varlen_dq_mma_kernel<F: Float, I: Numeric, N: Size>(
             head_dim,
             comptime!(32 * planes),
         );
-        stage_and_wait(v, &mut v_tile, &cube, kb, block.k_hi, block_n, head_dim, planes);
+        stage_and_wait(
+            v,
+            &mut v_tile,
+            &cube,
+            kb,
+            block.k_hi,
+            block_n,
+            head_dim,
+            planes,
+        );
 
         let mut ds = scores(&q_ops, &k_tile, block_n, head_dim);
         let dp = scores(&do_ops, &v_tile, block_n, head_dim);
@@ -203,7 +212,16 @@ pub fn flash_attention_varlen_dkv_mma_kernel<F: Float, I: Numeric, N: Size>(
             comptime!(32 * planes),
             block_n,
         );
-        stage_and_wait(d_out, &mut do_tile, &cube, qb, range.k_hi, block_n, head_dim, planes);
+        stage_and_wait(
+            d_out,
+            &mut do_tile,
+            &cube,
+            qb,
+            range.k_hi,
+            block_n,
+            head_dim,
+            planes,
+        );
 
         // Sᵀ → Pᵀ and dPᵀ → dSᵀ in place, rows = this plane's keys, columns = the queries.
         let mut p_t = scores(&k_ops, &q_tile, block_n, head_dim);
@@ -225,11 +243,7 @@ pub fn flash_attention_varlen_dkv_mma_kernel<F: Float, I: Numeric, N: Size>(
                     let column = n * MMA_N + 2 * t + c;
                     let visible =
                         k_valid && key_visible(key, qb + column, range.k_hi, window, windowed);
-                    let p = select(
-                        visible,
-                        (s_pair[c] * scale - lse_tile[column]).exp(),
-                        0.0,
-                    );
+                    let p = select(visible, (s_pair[c] * scale - lse_tile[column]).exp(), 0.0);
                     p_pair[c] = p;
                     ds_pair[c] = p * (dp_pair[c] - delta_tile[column]);
                 }

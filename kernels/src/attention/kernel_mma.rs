@@ -73,7 +73,16 @@ pub fn flash_attention_varlen_mma_kernel<F: Float, I: Numeric, N: Size>(
     // The plane's Q rows as A operands, and K of the first tile; every iteration loads the
     // next K while it computes `P·V`.
     let q_ops = own_operands(q, &mut q_tile, &cube, head_dim, planes);
-    stage_and_wait(k, &mut k_tile, &cube, block.k_lo, block.k_hi, block_n, head_dim, planes);
+    stage_and_wait(
+        k,
+        &mut k_tile,
+        &cube,
+        block.k_lo,
+        block.k_hi,
+        block_n,
+        head_dim,
+        planes,
+    );
 
     let mut o_acc = zero_accumulators(head_dim);
     // Softmax state of rows g and g + 8: the running max (shared by the row's 4 lanes) and
@@ -118,8 +127,7 @@ pub fn flash_attention_varlen_mma_kernel<F: Float, I: Numeric, N: Size>(
                 #[unroll]
                 for c in 0..comptime!(2usize) {
                     let key = kb + n * MMA_N + 2 * t + c;
-                    let visible =
-                        q_valid && key_visible(qi, key, block.k_hi, window, windowed);
+                    let visible = q_valid && key_visible(qi, key, block.k_hi, window, windowed);
                     let s = select(visible, pair[c] * scale, neg_big);
                     pair[c] = s;
                     row_tile_max = select(s > row_tile_max, s, row_tile_max);

@@ -233,7 +233,11 @@ pub fn scores<F: Float, N: Size>(
                 4usize,
                 false,
             );
-            def.execute_inplace(a.index(d), &register_pair(&b, 0usize), acc.index_mut(2 * n2));
+            def.execute_inplace(
+                a.index(d),
+                &register_pair(&b, 0usize),
+                acc.index_mut(2 * n2),
+            );
             def.execute_inplace(
                 a.index(d),
                 &register_pair(&b, 1usize),

@@ -22,9 +22,9 @@ mod kernel_backward;
 #[cfg(feature = "cube")]
 mod kernel_backward_cmma;
 #[cfg(feature = "cube")]
-mod kernel_cmma;
-#[cfg(feature = "cube")]
 mod kernel_backward_mma;
+#[cfg(feature = "cube")]
+mod kernel_cmma;
 #[cfg(feature = "cube")]
 mod kernel_mma;
 #[cfg(feature = "cube")]
@@ -356,9 +356,7 @@ pub fn varlen_attention_packed<B: Backend>(
 
 /// The stack `[3, total, heads, head_dim]` as its three parts `[total, heads, head_dim]`
 /// (views, on any backend).
-pub fn split_packed<B: burn::tensor::backend::Backend>(
-    qkv: FloatTensor<B>,
-) -> [FloatTensor<B>; 3] {
+pub fn split_packed<B: burn::tensor::backend::Backend>(qkv: FloatTensor<B>) -> [FloatTensor<B>; 3] {
     let qkv = Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(qkv));
     let [_, total, heads, head_dim] = qkv.dims();
     [0, 1, 2].map(|i| {

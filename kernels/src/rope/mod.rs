@@ -146,7 +146,9 @@ pub fn rope_qkv_packed<B: Backend>(
         positions.into_primitive(),
         heads,
     );
-    Ok(Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(packed)))
+    Ok(Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(
+        packed,
+    )))
 }
 
 /// The two halves of the last dimension: `(x₁, x₂)`.

@@ -43,12 +43,12 @@ fn cube_sum(value: f32, #[comptime] units: usize) -> f32 {
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 fn stable_adamw_moments_kernel<F: Float>(
-    grad: &Tensor<F>,            // [n]
-    exp_avg: &Tensor<F>,         // [n]
-    exp_avg_sq: &Tensor<F>,      // [n]
-    new_exp_avg: &mut Tensor<F>, // [n]
+    grad: &Tensor<F>,               // [n]
+    exp_avg: &Tensor<F>,            // [n]
+    exp_avg_sq: &Tensor<F>,         // [n]
+    new_exp_avg: &mut Tensor<F>,    // [n]
     new_exp_avg_sq: &mut Tensor<F>, // [n]
-    partials: &mut Tensor<f32>,  // [cubes]
+    partials: &mut Tensor<f32>,     // [cubes]
     beta_1: f32,
     beta_2: f32,
     epsilon_sq: f32,
@@ -80,10 +80,10 @@ fn stable_adamw_moments_kernel<F: Float>(
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 fn stable_adamw_update_kernel<F: Float>(
-    param: &Tensor<F>,      // [n]
-    exp_avg: &Tensor<F>,    // [n], the new moments
-    exp_avg_sq: &Tensor<F>, // [n]
-    partials: &Tensor<f32>, // [cubes]
+    param: &Tensor<F>,         // [n]
+    exp_avg: &Tensor<F>,       // [n], the new moments
+    exp_avg_sq: &Tensor<F>,    // [n]
+    partials: &Tensor<f32>,    // [cubes]
     new_param: &mut Tensor<F>, // [n]
     lr: f32,
     epsilon: f32,

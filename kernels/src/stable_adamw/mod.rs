@@ -75,7 +75,11 @@ pub fn stable_adamw_step<B: Backend, const D: usize>(
             exp_avg_sq: exp_avg_sq.dims().to_vec(),
         });
     }
-    let flat = |t: Tensor<B, D>| t.reshape([dims.iter().product::<usize>()]).into_primitive().tensor();
+    let flat = |t: Tensor<B, D>| {
+        t.reshape([dims.iter().product::<usize>()])
+            .into_primitive()
+            .tensor()
+    };
     let (param, exp_avg, exp_avg_sq) = B::stable_adamw_step(
         flat(param),
         flat(grad),
@@ -109,7 +113,11 @@ pub fn stable_adamw_reference<B: burn::tensor::backend::Backend>(
         .clamp_min(1.0)
         .recip();
     let param = if step.decay > 0.0 {
-        param * inv_rms.clone().mul_scalar(-step.lr * step.decay).add_scalar(1.0)
+        param
+            * inv_rms
+                .clone()
+                .mul_scalar(-step.lr * step.decay)
+                .add_scalar(1.0)
     } else {
         param
     };
