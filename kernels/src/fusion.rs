@@ -49,17 +49,39 @@ impl<B: Backend> InnerInputs<B> {
     }
 }
 
+/// What an extension op's closure returns on the inner backend: float outputs, then int
+/// outputs (most ops have only floats, and return a `Vec` of them).
+struct InnerOutputs<B: Backend> {
+    floats: Vec<FloatTensor<B>>,
+    ints: Vec<IntTensor<B>>,
+}
+
+impl<B: Backend> From<Vec<FloatTensor<B>>> for InnerOutputs<B> {
+    fn from(floats: Vec<FloatTensor<B>>) -> Self {
+        Self {
+            floats,
+            ints: Vec::new(),
+        }
+    }
+}
+
+impl<B: Backend> From<(Vec<FloatTensor<B>>, Vec<IntTensor<B>>)> for InnerOutputs<B> {
+    fn from((floats, ints): (Vec<FloatTensor<B>>, Vec<IntTensor<B>>)) -> Self {
+        Self { floats, ints }
+    }
+}
+
 /// An extension op in the fusion stream: its IR (inputs, then declared outputs) and the
 /// closure that runs it on the inner backend.
-struct CustomOp<B, Run> {
+struct CustomOp<B, Run, Out> {
     ir: CustomOpIr,
     /// How many of `ir.inputs` are floats (they come first; the rest are ints).
     floats: usize,
     run: Run,
-    _backend: PhantomData<fn() -> B>,
+    _backend: PhantomData<fn() -> (B, Out)>,
 }
 
-impl<B, Run> core::fmt::Debug for CustomOp<B, Run> {
+impl<B, Run, Out> core::fmt::Debug for CustomOp<B, Run, Out> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("CustomOp")
             .field("ir", &self.ir)
@@ -67,10 +89,11 @@ impl<B, Run> core::fmt::Debug for CustomOp<B, Run> {
     }
 }
 
-impl<B, Run> Operation<B::FusionRuntime> for CustomOp<B, Run>
+impl<B, Run, Out> Operation<B::FusionRuntime> for CustomOp<B, Run, Out>
 where
     B: FusionBackend + Backend,
-    Run: Fn(InnerInputs<B>) -> Vec<FloatTensor<B>> + Send + Sync,
+    Run: Fn(InnerInputs<B>) -> Out + Send + Sync,
+    Out: Into<InnerOutputs<B>>,
 {
     fn execute(&self, handles: &mut HandleContainer<FusionHandle<B::FusionRuntime>>) {
         let (floats, ints) = self.ir.inputs.split_at(self.floats);
@@ -79,36 +102,49 @@ where
             .map(|t| handles.get_float_tensor::<B>(t))
             .collect();
         let ints: Vec<_> = ints.iter().map(|t| handles.get_int_tensor::<B>(t)).collect();
-        let outputs = (self.run)(InnerInputs {
+        let outputs: InnerOutputs<B> = (self.run)(InnerInputs {
             floats: floats.into_iter(),
             ints: ints.into_iter(),
-        });
+        })
+        .into();
         assert_eq!(
-            outputs.len(),
+            outputs.floats.len() + outputs.ints.len(),
             self.ir.outputs.len(),
             "{}: outputs returned vs declared",
             self.ir.id
         );
-        for (declared, tensor) in self.ir.outputs.iter().zip(outputs) {
-            // Later ops were recorded against the declared metadata.
-            assert!(
-                tensor.shape() == declared.shape && tensor.dtype() == declared.dtype,
-                "{}: the kernel returned {:?} {:?}, the stream expects {:?} {:?}",
-                self.ir.id,
-                tensor.shape(),
-                tensor.dtype(),
-                declared.shape,
-                declared.dtype,
-            );
+        let (float_outputs, int_outputs) = self.ir.outputs.split_at(outputs.floats.len());
+        for (declared, tensor) in float_outputs.iter().zip(outputs.floats) {
+            self.check(declared, &tensor);
             handles.register_float_tensor::<B>(&declared.id, tensor);
+        }
+        for (declared, tensor) in int_outputs.iter().zip(outputs.ints) {
+            self.check(declared, &tensor);
+            handles.register_int_tensor::<B>(&declared.id, tensor);
         }
     }
 }
 
+impl<B, Run, Out> CustomOp<B, Run, Out> {
+    /// Later ops were recorded against the declared metadata: the kernel's output must match.
+    fn check(&self, declared: &TensorIr, tensor: &impl TensorMetadata) {
+        assert!(
+            tensor.shape() == declared.shape && tensor.dtype() == declared.dtype,
+            "{}: the kernel returned {:?} {:?}, the stream expects {:?} {:?}",
+            self.ir.id,
+            tensor.shape(),
+            tensor.dtype(),
+            declared.shape,
+            declared.dtype,
+        );
+    }
+}
+
 /// Records `op` in the fusion stream: its float inputs `floats` (at least one), its int
-/// inputs `ints`, and float outputs of the given shapes and dtypes, which `run` returns in
-/// that order when the stream executes it on the inner backend. Returns the outputs.
-fn custom_op<B, Run>(
+/// inputs `ints`, and outputs of the given shapes and dtypes (floats first, then ints),
+/// which `run` returns in that order when the stream executes it on the inner backend.
+/// Returns the outputs.
+fn custom_op<B, Run, Out>(
     op: &'static str,
     floats: Vec<FloatTensor<Fusion<B>>>,
     ints: Vec<IntTensor<Fusion<B>>>,
@@ -117,7 +153,8 @@ fn custom_op<B, Run>(
 ) -> Vec<FloatTensor<Fusion<B>>>
 where
     B: FusionBackend + Backend,
-    Run: Fn(InnerInputs<B>) -> Vec<FloatTensor<B>> + Send + Sync + 'static,
+    Run: Fn(InnerInputs<B>) -> Out + Send + Sync + 'static,
+    Out: Into<InnerOutputs<B>> + 'static,
 {
     let client = floats[0].client.clone();
     let streams = OperationStreams::with_inputs(floats.iter().chain(&ints));
@@ -136,7 +173,7 @@ where
         ir: ir.clone(),
         floats: float_count,
         run,
-        _backend: PhantomData::<fn() -> B>,
+        _backend: PhantomData::<fn() -> (B, Out)>,
     };
     client.register(streams, OperationIr::Custom(ir), operation)
 }
@@ -189,7 +226,7 @@ impl<B: FusionBackend + Backend> Backend for Fusion<B> {
             return Self::float_matmul(lhs, rhs);
         };
         let dtype = lhs.dtype;
-        let [out] = outputs(custom_op::<B, _>(
+        let [out] = outputs(custom_op::<B, _, _>(
             "modernbert::matmul",
             vec![lhs, rhs],
             vec![],
@@ -211,7 +248,7 @@ impl<B: FusionBackend + Backend> Backend for Fusion<B> {
         let dtype = x.dtype;
         let (has_bias, has_residual) = (bias.is_some(), residual.is_some());
         let floats = [Some(x), Some(weight), bias, residual];
-        let [out] = outputs(custom_op::<B, _>(
+        let [out] = outputs(custom_op::<B, _, _>(
             "modernbert::fused_linear",
             floats.into_iter().flatten().collect(),
             vec![],
@@ -229,7 +266,7 @@ impl<B: FusionBackend + Backend> Backend for Fusion<B> {
     fn geglu(x: FloatTensor<Self>) -> FloatTensor<Self> {
         let shape = Shape::new([x.shape[0], x.shape[1] / 2]);
         let dtype = x.dtype;
-        let [out] = outputs(custom_op::<B, _>(
+        let [out] = outputs(custom_op::<B, _, _>(
             "modernbert::geglu",
             vec![x],
             vec![],
@@ -241,7 +278,7 @@ impl<B: FusionBackend + Backend> Backend for Fusion<B> {
 
     fn geglu_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
         let output = (x.shape.clone(), x.dtype);
-        let [d_x] = outputs(custom_op::<B, _>(
+        let [d_x] = outputs(custom_op::<B, _, _>(
             "modernbert::geglu_backward",
             vec![x, grad],
             vec![],
@@ -262,7 +299,7 @@ impl<B: FusionBackend + Backend> Backend for Fusion<B> {
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
         let step = *step;
         let declared = [&param, &exp_avg, &exp_avg_sq].map(|t| (t.shape.clone(), t.dtype));
-        let [param, exp_avg, exp_avg_sq] = outputs(custom_op::<B, _>(
+        let [param, exp_avg, exp_avg_sq] = outputs(custom_op::<B, _, _>(
             "modernbert::stable_adamw_step",
             vec![param, grad, exp_avg, exp_avg_sq],
             vec![],
@@ -274,6 +311,66 @@ impl<B: FusionBackend + Backend> Backend for Fusion<B> {
             },
         ));
         (param, exp_avg, exp_avg_sq)
+    }
+
+    fn select_rows_backward(
+        grad: FloatTensor<Self>,
+        indices: IntTensor<Self>,
+        num_rows: usize,
+    ) -> FloatTensor<Self> {
+        let shape = Shape::new([num_rows, grad.shape[1]]);
+        let dtype = grad.dtype;
+        let [d_table] = outputs(custom_op::<B, _, _>(
+            "modernbert::select_rows_backward",
+            vec![grad],
+            vec![indices],
+            vec![(shape, dtype)],
+            move |mut t| vec![B::select_rows_backward(t.float(), t.int(), num_rows)],
+        ));
+        d_table
+    }
+
+    fn cross_entropy(
+        logits: FloatTensor<Self>,
+        labels: IntTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, IntTensor<Self>) {
+        let rows = Shape::new([logits.shape[0]]);
+        let declared = vec![
+            (rows.clone(), DType::F32),
+            (rows.clone(), DType::F32),
+            (rows, labels.dtype),
+        ];
+        let [loss, lse, predicted] = outputs(custom_op::<B, _, _>(
+            "modernbert::cross_entropy",
+            vec![logits],
+            vec![labels],
+            declared,
+            |mut t| {
+                let (loss, lse, predicted) = B::cross_entropy(t.float(), t.int());
+                (vec![loss, lse], vec![predicted])
+            },
+        ));
+        (loss, lse, predicted)
+    }
+
+    fn cross_entropy_backward(
+        logits: FloatTensor<Self>,
+        labels: IntTensor<Self>,
+        lse: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let output = (logits.shape.clone(), logits.dtype);
+        let [d_logits] = outputs(custom_op::<B, _, _>(
+            "modernbert::cross_entropy_backward",
+            vec![logits, lse, grad],
+            vec![labels],
+            vec![output],
+            |mut t| {
+                let (logits, lse, grad) = (t.float(), t.float(), t.float());
+                vec![B::cross_entropy_backward(logits, t.int(), lse, grad)]
+            },
+        ));
+        d_logits
     }
 
     fn layer_norm_forward(
@@ -289,7 +386,7 @@ impl<B: FusionBackend + Backend> Backend for Fusion<B> {
             (rows, DType::F32),
         ];
         let has_beta = beta.is_some();
-        let [y, mean, rstd] = outputs(custom_op::<B, _>(
+        let [y, mean, rstd] = outputs(custom_op::<B, _, _>(
             "modernbert::layer_norm_forward",
             [Some(x), Some(gamma), beta].into_iter().flatten().collect(),
             vec![],
@@ -321,7 +418,7 @@ impl<B: FusionBackend + Backend> Backend for Fusion<B> {
         if has_beta {
             declared.push(d_weight);
         }
-        let mut grads = custom_op::<B, _>(
+        let mut grads = custom_op::<B, _, _>(
             "modernbert::layer_norm_backward",
             vec![x, gamma, mean, rstd, grad],
             vec![],
@@ -334,7 +431,7 @@ impl<B: FusionBackend + Backend> Backend for Fusion<B> {
                 [Some(d_x), Some(d_gamma), d_beta]
                     .into_iter()
                     .flatten()
-                    .collect()
+                    .collect::<Vec<_>>()
             },
         )
         .into_iter();
@@ -353,7 +450,7 @@ impl<B: FusionBackend + Backend> Backend for Fusion<B> {
         let [total, width] = [qkv.shape[0], qkv.shape[1]];
         let shape = Shape::new([3, total, heads, width / (3 * heads)]);
         let dtype = qkv.dtype;
-        let [out] = outputs(custom_op::<B, _>(
+        let [out] = outputs(custom_op::<B, _, _>(
             "modernbert::rope_qkv",
             vec![qkv, cos, sin],
             vec![positions],
@@ -375,7 +472,7 @@ impl<B: FusionBackend + Backend> Backend for Fusion<B> {
         let [_, total, heads, head_dim] = [0, 1, 2, 3].map(|d| grad.shape[d]);
         let shape = Shape::new([total, 3 * heads * head_dim]);
         let dtype = grad.dtype;
-        let [d_qkv] = outputs(custom_op::<B, _>(
+        let [d_qkv] = outputs(custom_op::<B, _, _>(
             "modernbert::rope_qkv_backward",
             vec![grad, cos, sin],
             vec![positions],
@@ -397,7 +494,7 @@ impl<B: FusionBackend + Backend> Backend for Fusion<B> {
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         let declared = attention_outputs(&q.shape, q.dtype);
         let meta = OwnedVarlenMeta::new(meta);
-        let [out, lse] = outputs(custom_op::<B, _>(
+        let [out, lse] = outputs(custom_op::<B, _, _>(
             "modernbert::varlen_attention",
             vec![q, k, v],
             vec![cu_seqlens],
@@ -418,7 +515,7 @@ impl<B: FusionBackend + Backend> Backend for Fusion<B> {
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         let declared = attention_outputs(&Shape::from(&qkv.shape[1..]), qkv.dtype);
         let meta = OwnedVarlenMeta::new(meta);
-        let [out, lse] = outputs(custom_op::<B, _>(
+        let [out, lse] = outputs(custom_op::<B, _, _>(
             "modernbert::varlen_attention_packed",
             vec![qkv],
             vec![cu_seqlens],
@@ -445,7 +542,7 @@ impl<B: FusionBackend + Backend> Backend for Fusion<B> {
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
         let gradient = (q.shape.clone(), q.dtype);
         let meta = OwnedVarlenMeta::new(meta);
-        let [dq, dk, dv] = outputs(custom_op::<B, _>(
+        let [dq, dk, dv] = outputs(custom_op::<B, _, _>(
             "modernbert::varlen_attention_backward",
             vec![q, k, v, out, lse, d_out],
             vec![cu_seqlens],

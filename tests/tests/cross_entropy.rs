@@ -122,6 +122,13 @@ fn wgpu_cross_entropy_matches_reference() {
     check::<burn::backend::Wgpu>(&Default::default(), DType::F32, 1e-5, 1e-5);
 }
 
+/// Under Burn's fusion: forward and gradient are our custom ops in the fusion stream.
+#[cfg(feature = "wgpu")]
+#[test]
+fn fused_wgpu_cross_entropy_matches_reference() {
+    check::<modernbert_tests::FusedWgpu>(&Default::default(), DType::F32, 1e-5, 1e-5);
+}
+
 #[cfg(feature = "cuda")]
 #[test]
 fn cuda_cross_entropy_matches_reference() {
@@ -130,6 +137,7 @@ fn cuda_cross_entropy_matches_reference() {
     // bf16 logits: the loss is still f32 arithmetic on the same values; the gradient is
     // rounded to bf16.
     check::<burn::backend::Cuda>(&device, DType::BF16, 1e-5, 1e-2);
+    check::<modernbert_tests::FusedCuda>(&device, DType::BF16, 1e-5, 1e-2);
 }
 
 #[cfg(feature = "ndarray")]

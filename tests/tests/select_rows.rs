@@ -103,6 +103,13 @@ fn wgpu_select_rows_matches_reference() {
     check::<burn::backend::Wgpu>(&Default::default(), DType::F32, 1e-5);
 }
 
+/// Under Burn's fusion: the gradient is our custom op in the fusion stream.
+#[cfg(feature = "wgpu")]
+#[test]
+fn fused_wgpu_select_rows_matches_reference() {
+    check::<modernbert_tests::FusedWgpu>(&Default::default(), DType::F32, 1e-5);
+}
+
 #[cfg(feature = "cuda")]
 #[test]
 fn cuda_select_rows_matches_reference() {
@@ -110,4 +117,5 @@ fn cuda_select_rows_matches_reference() {
     check::<burn::backend::Cuda>(&device, DType::F32, 1e-5);
     // The sums are f32 in the kernel; only the output's rounding differs.
     check::<burn::backend::Cuda>(&device, DType::BF16, 1e-2);
+    check::<modernbert_tests::FusedCuda>(&device, DType::BF16, 1e-2);
 }

@@ -37,6 +37,7 @@ const MAX_COLUMNS_PER_LANE: usize = 32;
 const MAX_CUBES_X: usize = 65535;
 
 #[cube(launch)]
+#[allow(clippy::legacy_numeric_constants)] // `u32::MAX` is not a cube expression
 fn tile_ranks_kernel<I: Int>(
     indices: &Tensor<I>,           // [n]
     ranks: &mut Tensor<u32>,       // [n]
