@@ -48,6 +48,50 @@ struct SavedAttention<B: Backend> {
     scale: f32,
 }
 
+impl<B: Backend> SavedAttention<B> {
+    /// Owned copies of the forward's inputs and outputs.
+    fn new(
+        [q, k, v]: [FloatTensor<B>; 3],
+        out: FloatTensor<B>,
+        lse: FloatTensor<B>,
+        cu_seqlens: IntTensor<B>,
+        meta: &VarlenMeta,
+    ) -> Self {
+        Self {
+            q,
+            k,
+            v,
+            out,
+            lse,
+            cu_seqlens,
+            offsets: meta.offsets.to_vec(),
+            max_seqlen: meta.max_seqlen,
+            window: meta.window,
+            scale: meta.scale,
+        }
+    }
+
+    /// `(dq, dk, dv)` from the output gradient, by [`Backend::varlen_attention_backward`].
+    fn gradients(self, d_out: FloatTensor<B>) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
+        let meta = VarlenMeta {
+            offsets: &self.offsets,
+            max_seqlen: self.max_seqlen,
+            window: self.window,
+            scale: self.scale,
+        };
+        B::varlen_attention_backward(
+            self.q,
+            self.k,
+            self.v,
+            self.out,
+            self.lse,
+            d_out,
+            self.cu_seqlens,
+            &meta,
+        )
+    }
+}
+
 #[derive(Debug)]
 struct VarlenAttention;
 
@@ -56,23 +100,7 @@ impl<B: Backend> Backward<B, 3> for VarlenAttention {
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
         let d_out = grads.consume::<B>(&ops.node);
-        let saved = ops.state;
-        let meta = VarlenMeta {
-            offsets: &saved.offsets,
-            max_seqlen: saved.max_seqlen,
-            window: saved.window,
-            scale: saved.scale,
-        };
-        let (dq, dk, dv) = B::varlen_attention_backward(
-            saved.q,
-            saved.k,
-            saved.v,
-            saved.out,
-            saved.lse,
-            d_out,
-            saved.cu_seqlens,
-            &meta,
-        );
+        let (dq, dk, dv) = ops.state.gradients(d_out);
         for (parent, grad) in ops.parents.into_iter().zip([dq, dk, dv]) {
             if let Some(node) = parent {
                 grads.register::<B>(node.id, grad);
@@ -91,23 +119,7 @@ impl<B: Backend> Backward<B, 1> for PackedVarlenAttention {
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
         let d_out = grads.consume::<B>(&ops.node);
-        let saved = ops.state;
-        let meta = VarlenMeta {
-            offsets: &saved.offsets,
-            max_seqlen: saved.max_seqlen,
-            window: saved.window,
-            scale: saved.scale,
-        };
-        let (dq, dk, dv) = B::varlen_attention_backward(
-            saved.q,
-            saved.k,
-            saved.v,
-            saved.out,
-            saved.lse,
-            d_out,
-            saved.cu_seqlens,
-            &meta,
-        );
+        let (dq, dk, dv) = ops.state.gradients(d_out);
         if let [Some(node)] = ops.parents {
             let part = |t| Tensor::<B, 3>::from_primitive(TensorPrimitive::Float(t));
             let stacked = Tensor::stack::<4>(vec![part(dq), part(dk), part(dv)], 0);
@@ -498,18 +510,8 @@ impl<B: Backend, C: CheckpointStrategy> Backend for Autodiff<B, C> {
             .stateful();
         let out = match prep {
             OpsKind::Tracked(prep) => {
-                let saved = SavedAttention {
-                    q: q.primitive,
-                    k: k.primitive,
-                    v: v.primitive,
-                    out: out.clone(),
-                    lse,
-                    cu_seqlens,
-                    offsets: meta.offsets.to_vec(),
-                    max_seqlen: meta.max_seqlen,
-                    window: meta.window,
-                    scale: meta.scale,
-                };
+                let qkv = [q.primitive, k.primitive, v.primitive];
+                let saved = SavedAttention::new(qkv, out.clone(), lse, cu_seqlens, meta);
                 prep.finish(saved, out)
             }
             OpsKind::UnTracked(prep) => prep.finish(out),
@@ -532,18 +534,7 @@ impl<B: Backend, C: CheckpointStrategy> Backend for Autodiff<B, C> {
             .stateful();
         let out = match prep {
             OpsKind::Tracked(prep) => {
-                let saved = SavedAttention {
-                    q,
-                    k,
-                    v,
-                    out: out.clone(),
-                    lse,
-                    cu_seqlens,
-                    offsets: meta.offsets.to_vec(),
-                    max_seqlen: meta.max_seqlen,
-                    window: meta.window,
-                    scale: meta.scale,
-                };
+                let saved = SavedAttention::new([q, k, v], out.clone(), lse, cu_seqlens, meta);
                 prep.finish(saved, out)
             }
             OpsKind::UnTracked(prep) => prep.finish(out),

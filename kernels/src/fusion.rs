@@ -101,7 +101,10 @@ where
             .iter()
             .map(|t| handles.get_float_tensor::<B>(t))
             .collect();
-        let ints: Vec<_> = ints.iter().map(|t| handles.get_int_tensor::<B>(t)).collect();
+        let ints: Vec<_> = ints
+            .iter()
+            .map(|t| handles.get_int_tensor::<B>(t))
+            .collect();
         let outputs: InnerOutputs<B> = (self.run)(InnerInputs {
             floats: floats.into_iter(),
             ints: ints.into_iter(),
@@ -231,9 +234,7 @@ impl<B: FusionBackend + Backend> Backend for Fusion<B> {
             vec![lhs, rhs],
             vec![],
             vec![(shape, dtype)],
-            |mut t| {
-                vec![B::matmul(t.float(), t.float())]
-            },
+            |mut t| vec![B::matmul(t.float(), t.float())],
         ));
         out
     }
@@ -283,9 +284,7 @@ impl<B: FusionBackend + Backend> Backend for Fusion<B> {
             vec![x, grad],
             vec![],
             vec![output],
-            |mut t| {
-                vec![B::geglu_backward(t.float(), t.float())]
-            },
+            |mut t| vec![B::geglu_backward(t.float(), t.float())],
         ));
         d_x
     }
@@ -522,8 +521,7 @@ impl<B: FusionBackend + Backend> Backend for Fusion<B> {
             declared,
             move |mut t| {
                 let (qkv, cu_seqlens) = (t.float(), t.int());
-                let (out, lse) =
-                    B::varlen_attention_packed(qkv, cu_seqlens, &meta.borrow());
+                let (out, lse) = B::varlen_attention_packed(qkv, cu_seqlens, &meta.borrow());
                 vec![out, lse]
             },
         ));
@@ -550,16 +548,8 @@ impl<B: FusionBackend + Backend> Backend for Fusion<B> {
             move |mut t| {
                 let (q, k, v) = (t.float(), t.float(), t.float());
                 let (out, lse, d_out) = (t.float(), t.float(), t.float());
-                let (dq, dk, dv) = B::varlen_attention_backward(
-                    q,
-                    k,
-                    v,
-                    out,
-                    lse,
-                    d_out,
-                    t.int(),
-                    &meta.borrow(),
-                );
+                let (dq, dk, dv) =
+                    B::varlen_attention_backward(q, k, v, out, lse, d_out, t.int(), &meta.borrow());
                 vec![dq, dk, dv]
             },
         ));
@@ -570,8 +560,5 @@ impl<B: FusionBackend + Backend> Backend for Fusion<B> {
 /// The attention forward's outputs for q of shape `[total, heads, head_dim]`: `out` (q's
 /// shape and dtype) and `lse` (`[total, heads]`, f32).
 fn attention_outputs(q: &Shape, dtype: DType) -> Vec<(Shape, DType)> {
-    vec![
-        (q.clone(), dtype),
-        (Shape::new([q[0], q[1]]), DType::F32),
-    ]
+    vec![(q.clone(), dtype), (Shape::new([q[0], q[1]]), DType::F32)]
 }

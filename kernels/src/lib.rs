@@ -29,6 +29,8 @@ mod fusion;
 pub mod geglu;
 #[cfg(any(feature = "cuda", test))]
 mod gemm_layout;
+#[cfg(feature = "cube")]
+mod grid;
 pub mod layer_norm;
 pub mod rope;
 pub mod select_rows;

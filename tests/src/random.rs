@@ -2,7 +2,7 @@
 //! printed so that a failure can be replayed.
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{DType, Tensor, TensorData};
+use burn::tensor::{DType, Int, Tensor, TensorData};
 
 /// xorshift64*, seeded from the clock unless `MODERNBERT_SEED` is set.
 pub struct Rng(u64);
@@ -52,4 +52,9 @@ pub fn uniform_tensor<B: Backend, const D: usize>(
         .map(|_| offset + amplitude * rng.symmetric())
         .collect();
     Tensor::<B, D>::from_data(TensorData::new(values, shape), device).cast(dtype)
+}
+
+/// `values` (indices or labels drawn by a test) as an int tensor on `device`.
+pub fn int_tensor<B: Backend>(values: &[i64], device: &B::Device) -> Tensor<B, 1, Int> {
+    Tensor::from_data(TensorData::new(values.to_vec(), [values.len()]), device)
 }

@@ -12,10 +12,14 @@ use burn::backend::Autodiff;
 use burn::tensor::{DType, Distribution, Tensor, TensorData};
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 use modernbert_kernels::KernelPath;
-use modernbert_kernels::{varlen_attention, varlen_attention_packed, CuSeqlens, VarlenAttentionOptions};
+use modernbert_kernels::{
+    varlen_attention, varlen_attention_packed, CuSeqlens, VarlenAttentionOptions,
+};
 #[cfg(feature = "cuda")]
 use modernbert_tests::attention::cuda_half_path;
-use modernbert_tests::attention::{check_gradients, check_model_gradients, max_len_from_env, CASES};
+use modernbert_tests::attention::{
+    check_gradients, check_model_gradients, max_len_from_env, CASES,
+};
 use modernbert_tests::compare::relative_error;
 
 /// Every head_dim with the window on and off (ModernBERT's ±64 included), on Cuda.
@@ -117,11 +121,17 @@ fn packed_attention_gradients_equal_those_of_the_slices() {
         let qkv = Tensor::<B, 4>::random([3, 108, 2, 16], Distribution::Default, &device);
         let d_out = Tensor::<B, 3>::random([108, 2, 16], Distribution::Default, &device);
         let packed = qkv.clone().require_grad();
-        let out = varlen_attention_packed(packed.clone(), &cu, options).unwrap().out;
-        let grad_packed = packed.grad(&(out * d_out.clone()).sum().backward()).unwrap();
+        let out = varlen_attention_packed(packed.clone(), &cu, options)
+            .unwrap()
+            .out;
+        let grad_packed = packed
+            .grad(&(out * d_out.clone()).sum().backward())
+            .unwrap();
         let sliced = qkv.require_grad();
         let part = |i| sliced.clone().narrow(0, i, 1).reshape([108, 2, 16]);
-        let out = varlen_attention(part(0), part(1), part(2), &cu, options).unwrap().out;
+        let out = varlen_attention(part(0), part(1), part(2), &cu, options)
+            .unwrap()
+            .out;
         let grad_sliced = sliced.grad(&(out * d_out).sum().backward()).unwrap();
         let error = relative_error(grad_packed, grad_sliced);
         assert!(error < 1e-6, "window {window:?}: {error:e}");

@@ -12,12 +12,12 @@ use burn::tensor::Tensor;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 use modernbert_kernels::KernelPath;
 use modernbert_kernels::{varlen_attention, AttentionError, CuSeqlens, VarlenAttentionOptions};
-#[cfg(feature = "cuda")]
-use modernbert_tests::attention::{cuda_half_path, max_len_from_env};
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 use modernbert_tests::attention::check_kernel;
 #[cfg(feature = "wgpu")]
 use modernbert_tests::attention::{assert_no_failures, check_case, mixed_max_len, Case};
+#[cfg(feature = "cuda")]
+use modernbert_tests::attention::{cuda_half_path, max_len_from_env};
 #[cfg(feature = "wgpu")]
 use modernbert_tests::random::Rng;
 

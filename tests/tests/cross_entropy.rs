@@ -6,22 +6,14 @@
 //! (lavapipe in CI) and on Cuda through `scripts/gpu-check.sh`.
 
 use burn::backend::{Autodiff, NdArray};
-use burn::tensor::{DType, Int, Tensor, TensorData};
+use burn::tensor::{DType, Int, Tensor};
 use modernbert::Backend;
 use modernbert_kernels::cross_entropy::{
     cross_entropy_backward_reference, cross_entropy_reference,
 };
 use modernbert_kernels::{cross_entropy, CrossEntropyError, CrossEntropyOutput};
 use modernbert_tests::compare::relative_error;
-use modernbert_tests::random::{uniform_tensor, Rng};
-
-/// `values` as an int tensor on `device`.
-fn int_tensor<B: burn::tensor::backend::Backend>(
-    values: &[i64],
-    device: &B::Device,
-) -> Tensor<B, 1, Int> {
-    Tensor::from_data(TensorData::new(values.to_vec(), [values.len()]), device)
-}
+use modernbert_tests::random::{int_tensor, uniform_tensor, Rng};
 
 /// `(loss error, gradient error)` against the reference for random `[rows, classes]` logits
 /// of amplitude `amplitude`; rows 0 and 1 are constant (all classes tie), and the arg-max
@@ -103,7 +95,7 @@ fn check<B: Backend>(device: &B::Device, dtype: DType, loss_tolerance: f32, grad
 
     // A label outside the classes gives NaN for its row only.
     let logits = Tensor::<B, 2>::zeros([2, 4], device);
-    let labels = Tensor::<B, 1, Int>::from_data(TensorData::new(vec![1i64, 4], [2]), device);
+    let labels = int_tensor::<B>(&[1, 4], device);
     let loss: Vec<f32> = cross_entropy(logits, labels)
         .unwrap()
         .loss

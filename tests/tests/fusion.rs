@@ -55,7 +55,11 @@ fn check_attention<B: Backend>(dtype: DType, tolerance: f32, expected_path: Kern
 /// ones, f32) ran forward and backward.
 fn check_model<B: Backend>() {
     check_model_gradients::<Autodiff<B>>(&Default::default(), 1e-4);
-    assert_eq!(last_kernel_path(), Some(KernelPath::Plain), "forward kernel");
+    assert_eq!(
+        last_kernel_path(),
+        Some(KernelPath::Plain),
+        "forward kernel"
+    );
     assert_eq!(
         last_backward_kernel_path(),
         Some(KernelPath::Plain),
@@ -160,7 +164,10 @@ fn check_chain<Fused: Backend, Plain: Backend>() {
             failures.push(format!("{name}: {error:.2e}"));
         }
     }
-    assert!(failures.is_empty(), "fused differs from plain: {failures:?}");
+    assert!(
+        failures.is_empty(),
+        "fused differs from plain: {failures:?}"
+    );
 }
 
 #[cfg(feature = "wgpu")]
@@ -209,8 +216,22 @@ fn cuda_fused_attention_gradients_match_reference_autodiff() {
     let max_len = max_len_from_env(600);
     let device = Default::default();
     type B = Autodiff<FusedCuda>;
-    check_gradients::<B>(&device, DType::F32, 1e-4, max_len, cases, Some(KernelPath::Plain));
-    check_gradients::<B>(&device, DType::BF16, 2e-2, max_len, cases, Some(cuda_half_path()));
+    check_gradients::<B>(
+        &device,
+        DType::F32,
+        1e-4,
+        max_len,
+        cases,
+        Some(KernelPath::Plain),
+    );
+    check_gradients::<B>(
+        &device,
+        DType::BF16,
+        2e-2,
+        max_len,
+        cases,
+        Some(cuda_half_path()),
+    );
 }
 
 #[cfg(feature = "cuda")]

@@ -7,20 +7,12 @@
 //! `scripts/gpu-check.sh`.
 
 use burn::backend::{Autodiff, NdArray};
-use burn::tensor::{DType, Int, Tensor, TensorData};
+use burn::tensor::{DType, Tensor};
 use modernbert::Backend;
 use modernbert_kernels::select_rows;
 use modernbert_kernels::select_rows::select_rows_backward_reference;
 use modernbert_tests::compare::relative_error;
-use modernbert_tests::random::{uniform_tensor, Rng};
-
-/// `values` as an int tensor on `device`.
-fn int_tensor<B: burn::tensor::backend::Backend>(
-    values: &[i64],
-    device: &B::Device,
-) -> Tensor<B, 1, Int> {
-    Tensor::from_data(TensorData::new(values.to_vec(), [values.len()]), device)
-}
+use modernbert_tests::random::{int_tensor, uniform_tensor, Rng};
 
 /// One case's `(forward error, gradient error)` against the reference, after checking that
 /// two runs give the same gradient bit for bit.

@@ -12,12 +12,12 @@ use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeRuntime;
 use cubecl::prelude::*;
 
+use crate::grid::linear_grid;
+
 /// Units per cube (a power of two, for the tree).
 const UNITS: usize = 256;
 /// Logits per unit in the backward.
 const ELEMS: usize = 8;
-/// Most cubes of one launch dimension (WebGPU's limit; more take a 2-D grid).
-const MAX_CUBES_X: usize = 65535;
 /// Below any finite logit the kernels see, as an initial running max (no ±∞ literals in
 /// WGSL).
 const LOWEST: f32 = -3.0e38;
@@ -118,15 +118,6 @@ fn cross_entropy_backward_kernel<F: Float, I: Int>(
     }
 }
 
-/// A grid of `cubes` cubes (2-D beyond [`MAX_CUBES_X`]; kernels skip cubes past the end).
-fn grid(cubes: usize) -> CubeCount {
-    let (x, y) = (
-        cubes.clamp(1, MAX_CUBES_X),
-        cubes.div_ceil(MAX_CUBES_X).max(1),
-    );
-    CubeCount::Static(x as u32, y as u32, 1)
-}
-
 /// `(loss, lse, predicted)` per row (see `mod.rs`).
 ///
 /// # Shapes
@@ -148,7 +139,7 @@ pub(crate) fn cross_entropy<R: CubeRuntime>(
     let dtypes = [logits.dtype.into(), labels.dtype.into()];
     cross_entropy_kernel::launch::<R>(
         &client,
-        grid(rows),
+        linear_grid(rows),
         CubeDim::new_1d(UNITS as u32),
         logits.into_tensor_arg(),
         labels.into_tensor_arg(),
@@ -183,7 +174,7 @@ pub(crate) fn cross_entropy_backward<R: CubeRuntime>(
     let dtypes = [logits.dtype.into(), labels.dtype.into()];
     cross_entropy_backward_kernel::launch::<R>(
         &client,
-        grid(n.div_ceil(UNITS * ELEMS)),
+        linear_grid(n.div_ceil(UNITS * ELEMS)),
         CubeDim::new_1d(UNITS as u32),
         logits.into_tensor_arg(),
         labels.into_tensor_arg(),

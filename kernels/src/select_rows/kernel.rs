@@ -25,6 +25,8 @@ use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeRuntime;
 use cubecl::prelude::*;
 
+use crate::grid::linear_grid;
+
 /// Units per cube of every kernel here (WebGPU's default limit).
 const UNITS: usize = 256;
 /// Column lanes of a `row_sums` group.
@@ -33,8 +35,6 @@ const LANES: usize = 32;
 const GROUPS: usize = UNITS / LANES;
 /// Most columns one lane accumulates per pass in `row_sums` (registers).
 const MAX_COLUMNS_PER_LANE: usize = 32;
-/// Most cubes of one launch dimension (WebGPU's limit; more take a 2-D grid).
-const MAX_CUBES_X: usize = 65535;
 
 #[cube(launch)]
 #[allow(clippy::legacy_numeric_constants)] // `u32::MAX` is not a cube expression
@@ -226,15 +226,6 @@ fn row_sums_kernel<F: Float>(
     }
 }
 
-/// A grid of `cubes` cubes (2-D beyond [`MAX_CUBES_X`]; kernels skip cubes past the end).
-fn grid(cubes: usize) -> CubeCount {
-    let (x, y) = (
-        cubes.clamp(1, MAX_CUBES_X),
-        cubes.div_ceil(MAX_CUBES_X).max(1),
-    );
-    CubeCount::Static(x as u32, y as u32, 1)
-}
-
 /// Gradient of the table from the selected rows' gradient (see the module docs).
 ///
 /// # Shapes
@@ -278,7 +269,7 @@ pub(crate) fn select_rows_backward<R: CubeRuntime>(
     let index_dtype: StorageType = indices.dtype.into();
     tile_ranks_kernel::launch::<R>(
         &client,
-        grid(tiles),
+        linear_grid(tiles),
         units,
         indices.clone().into_tensor_arg(),
         ranks.clone().into_tensor_arg(),
@@ -289,7 +280,7 @@ pub(crate) fn select_rows_backward<R: CubeRuntime>(
     );
     tile_offsets_kernel::launch::<R>(
         &client,
-        grid(num_rows.div_ceil(UNITS)),
+        linear_grid(num_rows.div_ceil(UNITS)),
         units,
         tile_counts.clone().into_tensor_arg(),
         counts.clone().into_tensor_arg(),
@@ -306,7 +297,7 @@ pub(crate) fn select_rows_backward<R: CubeRuntime>(
     );
     scatter_kernel::launch::<R>(
         &client,
-        grid(tiles),
+        linear_grid(tiles),
         units,
         indices.into_tensor_arg(),
         ranks.into_tensor_arg(),
@@ -321,7 +312,7 @@ pub(crate) fn select_rows_backward<R: CubeRuntime>(
     let dtype = grad.dtype.into();
     row_sums_kernel::launch::<R>(
         &client,
-        grid(num_rows),
+        linear_grid(num_rows),
         units,
         grad.into_tensor_arg(),
         order.into_tensor_arg(),

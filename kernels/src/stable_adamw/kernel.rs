@@ -13,14 +13,14 @@ use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeRuntime;
 use cubecl::prelude::*;
 
+use crate::grid::linear_grid;
+
 use super::StableAdamWStep;
 
 /// Units per cube (a power of two, for the tree sum).
 const UNITS: usize = 256;
 /// Elements per unit.
 const ELEMS: usize = 16;
-/// Most cubes of one launch dimension (WebGPU's limit; larger tensors take a 2-D grid).
-const MAX_CUBES_X: usize = 65535;
 
 /// Sum of `value` over the cube's `units` units (shared-memory tree; every unit gets it).
 #[cube]
@@ -143,11 +143,7 @@ pub(crate) fn stable_adamw_step<R: CubeRuntime>(
     let cubes = n.div_ceil(UNITS * ELEMS);
     let partials = empty(Shape::new([cubes]), DType::F32);
     // Cubes past `cubes` (a 2-D grid's last row) find no elements and write no partial.
-    let (x, y) = (cubes.min(MAX_CUBES_X), cubes.div_ceil(MAX_CUBES_X));
-    let (count, dim) = (
-        CubeCount::Static(x as u32, y as u32, 1),
-        CubeDim::new_1d(UNITS as u32),
-    );
+    let (count, dim) = (linear_grid(cubes), CubeDim::new_1d(UNITS as u32));
     stable_adamw_moments_kernel::launch::<R>(
         &client,
         count.clone(),
