@@ -2,7 +2,7 @@
 # Runs every GPU-side check in one device call and writes logs under $OUT.
 #
 # Prepare here (the device has no Rust):  scripts/build-gpu-bin.sh
-# Then on the device (repository root):   bash scripts/gpu-check.sh [kernels|e2e|train|breakdown|all]
+# Then on the device (repository root):   bash scripts/gpu-check.sh [kernels|attention|e2e|train|breakdown|all]
 # (carry .gl and gpu-bin/kernels.tar.xz for `kernels`, gpu-bin/e2e.tar.xz for `e2e` and
 # `train`: one archive per call keeps the carried tree under 64 MiB; each part fits one
 # 10-minute device call).
@@ -43,7 +43,7 @@ echo "libcublasLt: ${lt:-NOT FOUND}" | tee -a "$OUT/summary.txt"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee -a "$OUT/summary.txt"
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" | tee -a "$OUT/summary.txt"
 
-PART=${1:-all} # kernels (parity, kernel tests, attention benchmarks), e2e (tuning, GEMM and inference benchmarks), train, or all
+PART=${1:-all} # kernels (parity, kernel tests, attention benchmarks), attention (its tests and benchmarks only), e2e (tuning, GEMM and inference benchmarks), train, or all
 # Training (issue 6): a Cuda bf16 smoke run with resume and HF export check, then training
 # throughput vs HF transformers. With TRAIN_MINUTES set (<= 9), instead the >= 10-minute
 # small-model pretraining on WikiText-2: TRAIN_MINUTES of it per call, resumed by each further
@@ -65,6 +65,21 @@ if [ "$PART" = train ]; then
     step train_bench timeout 300 bash scripts/gpu-train.sh bench
     cat "$OUT/train_bench.log" | tee -a "$OUT/summary.txt"
   fi
+  pack_logs
+  exit $status
+fi
+# The attention kernels alone (issues 3 and 4; carry an archive with attention_kernel,
+# attention_backward and attention-bench): their CUDA tests, then the forward and the
+# forward+backward benchmarks against PyTorch in the same call.
+if [ "$PART" = attention ]; then
+  step cuda_attention_kernel "$BIN/attention_kernel" --nocapture --test-threads 1 cuda
+  step cuda_attention_backward "$BIN/attention_backward" --nocapture --test-threads 1 cuda
+  echo "=== attention benchmark (ours, then PyTorch)" | tee -a "$OUT/summary.txt"
+  "$BIN/attention-bench" --backend cuda --dtype bf16 2>&1 | tee "$OUT/bench_attention.md" | tee -a "$OUT/summary.txt"
+  python3 scripts/bench_attention_torch.py 2>&1 | tee -a "$OUT/bench_attention.md" | tee -a "$OUT/summary.txt"
+  echo "=== attention forward+backward benchmark (ours, then PyTorch)" | tee -a "$OUT/summary.txt"
+  timeout 240 "$BIN/attention-bench" --backend cuda --dtype bf16 --backward --iters 5 2>&1 | tee "$OUT/bench_attention_backward.md" | tee -a "$OUT/summary.txt"
+  python3 scripts/bench_attention_torch.py --backward --iters 10 2>&1 | tee -a "$OUT/bench_attention_backward.md" | tee -a "$OUT/summary.txt"
   pack_logs
   exit $status
 fi

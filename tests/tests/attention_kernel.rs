@@ -115,6 +115,17 @@ fn malformed_cu_seqlens_and_shapes_are_refused() {
     );
     let err = varlen_attention(t(7, 8), t(7, 16), t(7, 8), &cu, Default::default()).unwrap_err();
     assert!(matches!(err, AttentionError::Shape(_)), "{err}");
+    for scale in [0.0, -0.125, f64::NAN, f64::INFINITY, 1e300] {
+        let options = VarlenAttentionOptions {
+            window: None,
+            scale: Some(scale),
+        };
+        let err = varlen_attention(t(7, 8), t(7, 8), t(7, 8), &cu, options).unwrap_err();
+        assert!(
+            matches!(err, AttentionError::Scale(_)) && err.to_string().contains("softmax scale"),
+            "scale {scale}: {err}"
+        );
+    }
 }
 
 #[cfg(feature = "ndarray")]

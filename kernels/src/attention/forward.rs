@@ -34,25 +34,84 @@ const TILE_BYTES: usize = 16 * 1024;
 
 /// Planes (warps) per cube of the tensor-core kernels (cmma and mma), 16 query rows each.
 const CMMA_PLANES: usize = 4;
-/// Overrides [`CMMA_PLANES`] (4 or 8) for tuning runs of the benchmark.
+/// Overrides [`CMMA_PLANES`] (and the mma forward's planes, [`MmaShape`]) for tuning runs of
+/// the benchmark.
 const PLANES_ENV: &str = "MODERNBERT_CMMA_PLANES";
 
-/// Planes per cube of the tensor-core forward kernels: [`CMMA_PLANES`] unless [`PLANES_ENV`] says 4
-/// or 8 (anything else is reported once and ignored).
+/// Planes per cube of the tensor-core forward kernels: [`CMMA_PLANES`] unless [`PLANES_ENV`]
+/// says otherwise ([`planes_override`]).
 fn cmma_planes() -> usize {
-    static PLANES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    planes_override().unwrap_or(CMMA_PLANES)
+}
+
+/// What [`PLANES_ENV`] asks for: 2, 4 or 8 planes (anything else is reported once and
+/// ignored).
+fn planes_override() -> Option<usize> {
+    static PLANES: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
     *PLANES.get_or_init(|| match std::env::var(PLANES_ENV).as_deref() {
-        Ok("4") => 4,
-        Ok("8") => 8,
-        Err(_) => CMMA_PLANES,
+        Ok("2") => Some(2),
+        Ok("4") => Some(4),
+        Ok("8") => Some(8),
+        Err(_) => None,
         Ok(other) => {
-            eprintln!("{PLANES_ENV}={other:?} is neither 4 nor 8; using {CMMA_PLANES}");
-            CMMA_PLANES
+            eprintln!("{PLANES_ENV}={other:?} is not 2, 4 or 8; ignored");
+            None
         }
     })
 }
 /// Keys per tile of the tensor-core kernels.
 const CMMA_BLOCK_N: usize = 64;
+
+/// Overrides the mma forward's m-tiles per plane (1 or 2) for tuning runs of the benchmark.
+const M_TILES_ENV: &str = "MODERNBERT_MMA_M_TILES";
+
+/// The cube of the mma forward: `planes` planes of `m_tiles` 16-row m-tiles each
+/// (`mma_tiles.rs`).
+#[derive(Debug, Clone, Copy)]
+struct MmaShape {
+    planes: usize,
+    m_tiles: usize,
+}
+
+impl MmaShape {
+    /// Two m-tiles per plane (32 query rows, as FlashAttention-2's forward: each K or V
+    /// operand read from shared memory feeds two products) up to head_dim 64 unless
+    /// [`M_TILES_ENV`] says 1; one beyond (the accumulators would not fit in registers).
+    /// Global attention takes [`CMMA_PLANES`] planes; a window takes 64 rows per cube, whose
+    /// range at ±64 is three 64-key tiles where 128 rows would see four for twice the rows,
+    /// a lower share of visible pairs.
+    fn forward(windowed: bool, head_dim: usize) -> Self {
+        static M_TILES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+        let m_tiles = *M_TILES.get_or_init(|| match std::env::var(M_TILES_ENV).as_deref() {
+            Ok("1") => 1,
+            Ok("2") | Err(_) => 2,
+            Ok(other) => {
+                eprintln!("{M_TILES_ENV}={other:?} is neither 1 nor 2; using 2");
+                2
+            }
+        });
+        let m_tiles = if head_dim > 64 { 1 } else { m_tiles };
+        let planes = match planes_override() {
+            Some(planes) => planes,
+            None if windowed => 4 / m_tiles,
+            None => CMMA_PLANES,
+        };
+        Self { planes, m_tiles }
+    }
+
+    /// Query rows per cube.
+    fn block_m(self) -> usize {
+        TILE * self.m_tiles * self.planes
+    }
+
+    /// Shared memory in bytes (see `kernel_mma.rs`): the Q, K and V tiles in the 2-byte
+    /// input dtype, the f32 output scratch, each padded to its alignment.
+    fn shared_bytes(self, head_dim: usize) -> usize {
+        let tiles = (self.block_m() + 2 * CMMA_BLOCK_N) * (head_dim + PAD) * 2;
+        let scratch = self.block_m() * (head_dim + PAD_F32) * 4;
+        tiles + scratch + 4 * 128
+    }
+}
 /// Widest vector the tensor-core kernel moves to and from global memory (16 bytes of f16).
 const CMMA_MAX_VECTOR: usize = 8;
 
@@ -158,15 +217,6 @@ pub(crate) fn cmma_plan<R: CubeRuntime>(
     usable.then_some(CmmaPlan { plane_dim, vector })
 }
 
-/// Shared memory of the mma kernel in bytes (see `kernel_mma.rs`): the Q, K and V tiles in
-/// the 2-byte input dtype, the f32 output scratch, each padded to its alignment.
-fn mma_shared_bytes(head_dim: usize) -> usize {
-    let block_m = TILE * cmma_planes();
-    let tiles = (block_m + 2 * CMMA_BLOCK_N) * (head_dim + PAD) * 2;
-    let scratch = block_m * (head_dim + PAD_F32) * 4;
-    tiles + scratch + 4 * 128
-}
-
 /// The vector width of an mma launch (forward or backward) for these inputs on this device,
 /// with `planes` planes per cube and `shared_bytes` of shared memory, or `None` where it
 /// cannot run: it needs `mma.sync` m16n8k16 with f32 accumulators and `ldmatrix` for the
@@ -240,21 +290,22 @@ pub fn varlen_attention_forward<R: CubeRuntime>(
     };
     let (f_dtype, i_dtype) = (q.dtype, cu_seqlens.dtype);
     let choice = path_choice();
+    let shape = MmaShape::forward(meta.window.is_some(), head_dim);
     let mma_vector = match choice {
         PathChoice::Auto => mma_plan(
             &client,
             f_dtype,
             head_dim,
-            cmma_planes(),
-            mma_shared_bytes(head_dim),
+            shape.planes,
+            shape.shared_bytes(head_dim),
         ),
         PathChoice::Cmma | PathChoice::Plain => None,
     };
     if let Some(vector) = mma_vector {
         flash_attention_varlen_mma_kernel::launch::<R>(
             &client,
-            grid(TILE * cmma_planes()),
-            CubeDim::new_2d(32, cmma_planes() as u32),
+            grid(shape.block_m()),
+            CubeDim::new_2d(32, shape.planes as u32),
             vector,
             q.into_tensor_arg(),
             k.into_tensor_arg(),
@@ -266,7 +317,8 @@ pub fn varlen_attention_forward<R: CubeRuntime>(
             meta.window.unwrap_or(0) as u32,
             head_dim,
             CMMA_BLOCK_N,
-            cmma_planes(),
+            shape.planes,
+            shape.m_tiles,
             meta.window.is_some(),
             [f_dtype.into(), i_dtype.into()],
         );

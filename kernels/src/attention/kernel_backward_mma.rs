@@ -24,11 +24,10 @@ use cubecl::prelude::*;
 
 use super::kernel_cmma::{SMEM_ALIGN, TILE};
 use super::mma_tiles::{
-    accumulate_products, mma_cube, output_scratch, own_operands, scores, stage_and_wait,
+    accumulate_products, mask_scores, mma_cube, output_scratch, own_operands, scores, stage_and_wait,
     staged_tile, write_rows, zero_accumulators, AccPair, MMA_N,
 };
 use super::staging::{stage_row_values_pair, stage_rows};
-use super::tiling::key_visible;
 
 /// `dQ` for a block of `16 · planes` queries per cube, key tiles of `block_n`.
 #[cube(launch, fast_math = FastMath::ReducedPrecision | FastMath::NotNaN | FastMath::NotInf)]
@@ -51,18 +50,18 @@ pub fn flash_attention_varlen_dq_mma_kernel<F: Float, I: Numeric, N: Size>(
     #[define(F, I)] _dtypes: [StorageType; 2],
 ) {
     let window = window as usize;
-    let cube = mma_cube(cu_seqlens, q.shape(1), window, planes, windowed);
+    let cube = mma_cube(cu_seqlens, q.shape(1), window, planes, 1usize, windowed);
     let block = cube.range.clone();
-    let (g, t, head, heads, q0) = (cube.g, cube.t, cube.head, cube.heads, cube.row0);
+    let (g, head, heads, q0) = (cube.g, cube.head, cube.heads, cube.row0);
 
     let mut own_tile = staged_tile::<F, N>(comptime!(TILE * planes), head_dim);
     let mut k_tile = staged_tile::<F, N>(block_n, head_dim);
     let mut v_tile = staged_tile::<F, N>(block_n, head_dim);
-    let mut scratch = output_scratch(planes, head_dim);
+    let mut scratch = output_scratch(comptime!(TILE * planes), head_dim);
 
     // The plane's Q and dO rows as A operands.
-    let q_ops = own_operands(q, &mut own_tile, &cube, head_dim, planes);
-    let do_ops = own_operands(d_out, &mut own_tile, &cube, head_dim, planes);
+    let q_ops = own_operands(q, &mut own_tile, &cube, head_dim, planes, 1usize);
+    let do_ops = own_operands(d_out, &mut own_tile, &cube, head_dim, planes, 1usize);
 
     // lse and D of the lane's rows g and g + 8.
     let mut row_lse = Array::<f32>::new(2usize);
@@ -108,12 +107,21 @@ pub fn flash_attention_varlen_dq_mma_kernel<F: Float, I: Numeric, N: Size>(
             planes,
         );
 
-        let mut ds = scores(&q_ops, &k_tile, block_n, head_dim);
-        let dp = scores(&do_ops, &v_tile, block_n, head_dim);
+        let mut ds = scores(&q_ops, &k_tile, block_n, head_dim, 1usize);
+        let dp = scores(&do_ops, &v_tile, block_n, head_dim, 1usize);
+        mask_scores(
+            &mut ds,
+            q0 + cube.first_row,
+            block.len,
+            kb,
+            block.k_hi,
+            window,
+            block_n,
+            1usize,
+            windowed,
+        );
         #[unroll]
         for e in 0..comptime!(2usize) {
-            let qi = q0 + cube.first_row + g + 8 * e;
-            let q_valid = qi < block.len;
             #[unroll]
             for n in 0..comptime!(block_n / MMA_N) {
                 let s_acc = ds.index(n);
@@ -123,22 +131,20 @@ pub fn flash_attention_varlen_dq_mma_kernel<F: Float, I: Numeric, N: Size>(
                 let mut pair = AccPair::new(0.0);
                 #[unroll]
                 for c in 0..comptime!(2usize) {
-                    let key = kb + n * MMA_N + 2 * t + c;
-                    let visible = q_valid && key_visible(qi, key, block.k_hi, window, windowed);
-                    let p = select(visible, (s_pair[c] * scale - row_lse[e]).exp(), 0.0);
+                    let p = fma(s_pair[c], scale, -row_lse[e]).exp();
                     pair[c] = p * (dp_pair[c] - row_delta[e]);
                 }
                 let acc = ds.index_mut(n);
                 acc[e] = pair;
             }
         }
-        accumulate_products(&mut dq_acc, &ds, &k_tile, block_n, head_dim);
+        accumulate_products(&mut dq_acc, &ds, &k_tile, block_n, head_dim, 1usize);
     }
 
     let mut row_scale = Array::<f32>::new(2usize);
     row_scale[0usize] = scale;
     row_scale[1usize] = scale;
-    write_rows(&dq_acc, &row_scale, &mut scratch, dq, &cube, head_dim);
+    write_rows(&dq_acc, &row_scale, &mut scratch, dq, &cube, head_dim, 1usize);
 }
 
 /// `dK` and `dV` for a block of `16 · planes` keys per cube, query tiles of `block_n`.
@@ -164,20 +170,20 @@ pub fn flash_attention_varlen_dkv_mma_kernel<F: Float, I: Numeric, N: Size>(
 ) {
     let window = window as usize;
     // The cube's own rows are keys; its range is the queries that see them.
-    let cube = mma_cube(cu_seqlens, q.shape(1), window, planes, windowed);
+    let cube = mma_cube(cu_seqlens, q.shape(1), window, planes, 1usize, windowed);
     let range = cube.range.clone();
-    let (g, t, head, heads, k0) = (cube.g, cube.t, cube.head, cube.heads, cube.row0);
+    let (t, head, heads, k0) = (cube.t, cube.head, cube.heads, cube.row0);
 
     let mut own_tile = staged_tile::<F, N>(comptime!(TILE * planes), head_dim);
     let mut q_tile = staged_tile::<F, N>(block_n, head_dim);
     let mut do_tile = staged_tile::<F, N>(block_n, head_dim);
     let mut lse_tile = SharedMemory::<f32>::new_aligned(block_n, SMEM_ALIGN);
     let mut delta_tile = SharedMemory::<f32>::new_aligned(block_n, SMEM_ALIGN);
-    let mut scratch = output_scratch(planes, head_dim);
+    let mut scratch = output_scratch(comptime!(TILE * planes), head_dim);
 
     // The plane's K and V rows as A operands.
-    let k_ops = own_operands(k, &mut own_tile, &cube, head_dim, planes);
-    let v_ops = own_operands(v, &mut own_tile, &cube, head_dim, planes);
+    let k_ops = own_operands(k, &mut own_tile, &cube, head_dim, planes, 1usize);
+    let v_ops = own_operands(v, &mut own_tile, &cube, head_dim, planes, 1usize);
 
     let mut dk_acc = zero_accumulators(head_dim);
     let mut dv_acc = zero_accumulators(head_dim);
@@ -224,12 +230,21 @@ pub fn flash_attention_varlen_dkv_mma_kernel<F: Float, I: Numeric, N: Size>(
         );
 
         // Sᵀ → Pᵀ and dPᵀ → dSᵀ in place, rows = this plane's keys, columns = the queries.
-        let mut p_t = scores(&k_ops, &q_tile, block_n, head_dim);
-        let mut ds_t = scores(&v_ops, &do_tile, block_n, head_dim);
+        let mut p_t = scores(&k_ops, &q_tile, block_n, head_dim, 1usize);
+        let mut ds_t = scores(&v_ops, &do_tile, block_n, head_dim, 1usize);
+        mask_scores(
+            &mut p_t,
+            k0 + cube.first_row,
+            range.len,
+            qb,
+            range.k_hi,
+            window,
+            block_n,
+            1usize,
+            windowed,
+        );
         #[unroll]
         for e in 0..comptime!(2usize) {
-            let key = k0 + cube.first_row + g + 8 * e;
-            let k_valid = key < range.len;
             #[unroll]
             for n in 0..comptime!(block_n / MMA_N) {
                 let s_acc = p_t.index(n);
@@ -241,9 +256,7 @@ pub fn flash_attention_varlen_dkv_mma_kernel<F: Float, I: Numeric, N: Size>(
                 #[unroll]
                 for c in 0..comptime!(2usize) {
                     let column = n * MMA_N + 2 * t + c;
-                    let visible =
-                        k_valid && key_visible(key, qb + column, range.k_hi, window, windowed);
-                    let p = select(visible, (s_pair[c] * scale - lse_tile[column]).exp(), 0.0);
+                    let p = fma(s_pair[c], scale, -lse_tile[column]).exp();
                     p_pair[c] = p;
                     ds_pair[c] = p * (dp_pair[c] - delta_tile[column]);
                 }
@@ -253,15 +266,15 @@ pub fn flash_attention_varlen_dkv_mma_kernel<F: Float, I: Numeric, N: Size>(
                 ds_acc[e] = ds_pair;
             }
         }
-        accumulate_products(&mut dv_acc, &p_t, &do_tile, block_n, head_dim);
-        accumulate_products(&mut dk_acc, &ds_t, &q_tile, block_n, head_dim);
+        accumulate_products(&mut dv_acc, &p_t, &do_tile, block_n, head_dim, 1usize);
+        accumulate_products(&mut dk_acc, &ds_t, &q_tile, block_n, head_dim, 1usize);
     }
 
     let mut row_scale = Array::<f32>::new(2usize);
     row_scale[0usize] = scale;
     row_scale[1usize] = scale;
-    write_rows(&dk_acc, &row_scale, &mut scratch, dk, &cube, head_dim);
+    write_rows(&dk_acc, &row_scale, &mut scratch, dk, &cube, head_dim, 1usize);
     row_scale[0usize] = 1.0;
     row_scale[1usize] = 1.0;
-    write_rows(&dv_acc, &row_scale, &mut scratch, dv, &cube, head_dim);
+    write_rows(&dv_acc, &row_scale, &mut scratch, dv, &cube, head_dim, 1usize);
 }

@@ -296,8 +296,7 @@ pub(super) fn row_max(value: f32, #[comptime] lanes_per_row: usize) -> f32 {
     let mut mask = 1u32;
     #[unroll]
     for _ in 0..comptime!(lanes_per_row.trailing_zeros()) {
-        let other = plane_shuffle_xor(result, mask);
-        result = select(other > result, other, result);
+        result = max(result, plane_shuffle_xor(result, mask));
         mask *= 2;
     }
     result

@@ -14,9 +14,11 @@
 //! 1. the loads of the tile's V are issued into registers;
 //! 2. each plane computes its `16 × block_n` scores into registers, B operands of K read with
 //!    `ldmatrix`;
-//! 3. masks (sequence, window) and scales them, raises the running max `m` per row, rescales
-//!    the output accumulators and the running sum `l` by `exp(m_old − m_new)`, and takes
-//!    `P = exp(S − m)`;
+//! 3. masks them (sequence, window) unless the whole tile is visible to the plane's rows
+//!    ([`mask_scores`]: only tiles at a sequence's end or a window's edge), raises
+//!    the running max `m` per row (on unscaled scores), rescales the output accumulators and
+//!    the running sum `l` by `exp((m_old − m_new) · scale)`, and takes
+//!    `P = exp(S · scale − m · scale)`, one fused multiply-add and one exponential each;
 //! 4. V goes to shared memory and the loads of the next K are issued; after a barrier,
 //!    `O += P·V`, B operands of V read with `ldmatrix.trans`; the next K goes to shared
 //!    memory, and a barrier.
@@ -34,11 +36,11 @@ use cubecl::prelude::*;
 
 use super::kernel_cmma::{row_max, row_sum, TILE};
 use super::mma_tiles::{
-    accumulate_products, mma_cube, output_scratch, own_operands, scores, stage_and_wait,
+    accumulate_products, mask_scores, mma_cube, output_scratch, own_operands, scores, stage_and_wait,
     staged_tile, write_rows, zero_accumulators, AccPair, MMA_N, QUAD,
 };
 use super::staging::{load_rows, store_rows};
-use super::tiling::{key_visible, NEG_BIG};
+use super::tiling::NEG_BIG;
 
 #[cube(launch, fast_math = FastMath::ReducedPrecision | FastMath::NotNaN | FastMath::NotInf)]
 #[allow(clippy::too_many_arguments)]
@@ -54,25 +56,32 @@ pub fn flash_attention_varlen_mma_kernel<F: Float, I: Numeric, N: Size>(
     #[comptime] head_dim: usize,
     #[comptime] block_n: usize,
     #[comptime] planes: usize,
+    #[comptime] m_tiles: usize,
     #[comptime] windowed: bool,
     #[define(F, I)] _dtypes: [StorageType; 2],
 ) {
     let units = comptime!(32 * planes);
+    let block_m = comptime!(TILE * m_tiles * planes);
+    // Rows per lane: g and g + 8 of each m-tile; row r is row g + 8 (r % 2) of m-tile r / 2,
+    // in element r % 2 of the m-tile's accumulators.
+    let lane_rows = comptime!(2 * m_tiles);
+    let s_per_tile = comptime!(block_n / MMA_N);
+    let o_per_tile = comptime!(head_dim / MMA_N);
     let neg_big = f32::new(NEG_BIG);
     let window = window as usize;
-    let cube = mma_cube(cu_seqlens, q.shape(1), window, planes, windowed);
+    let cube = mma_cube(cu_seqlens, q.shape(1), window, planes, m_tiles, windowed);
     let block = cube.range.clone();
-    let (g, t, unit) = (cube.g, cube.t, cube.unit);
+    let (g, unit) = (cube.g, cube.unit);
     let (head, heads, q0, first_row) = (cube.head, cube.heads, cube.row0, cube.first_row);
 
-    let mut q_tile = staged_tile::<F, N>(comptime!(TILE * planes), head_dim);
+    let mut q_tile = staged_tile::<F, N>(block_m, head_dim);
     let mut k_tile = staged_tile::<F, N>(block_n, head_dim);
     let mut v_tile = staged_tile::<F, N>(block_n, head_dim);
-    let mut scratch = output_scratch(planes, head_dim);
+    let mut scratch = output_scratch(block_m, head_dim);
 
     // The plane's Q rows as A operands, and K of the first tile; every iteration loads the
     // next K while it computes `P·V`.
-    let q_ops = own_operands(q, &mut q_tile, &cube, head_dim, planes);
+    let q_ops = own_operands(q, &mut q_tile, &cube, head_dim, planes, m_tiles);
     stage_and_wait(
         k,
         &mut k_tile,
@@ -84,15 +93,15 @@ pub fn flash_attention_varlen_mma_kernel<F: Float, I: Numeric, N: Size>(
         planes,
     );
 
-    let mut o_acc = zero_accumulators(head_dim);
-    // Softmax state of rows g and g + 8: the running max (shared by the row's 4 lanes) and
-    // this lane's partial sum over its columns.
-    let mut m = Array::<f32>::new(2usize);
-    let mut l = Array::<f32>::new(2usize);
+    let mut o_acc = zero_accumulators(comptime!(head_dim * m_tiles));
+    // Softmax state of the lane's rows: the running max of the unscaled scores (shared by
+    // the row's 4 lanes) and this lane's partial sum over its columns.
+    let mut m = Array::<f32>::new(lane_rows);
+    let mut l = Array::<f32>::new(lane_rows);
     #[unroll]
-    for e in 0..comptime!(2usize) {
-        m[e] = neg_big;
-        l[e] = 0.0;
+    for r in 0..lane_rows {
+        m[r] = neg_big;
+        l[r] = 0.0;
     }
 
     let tiles = (block.k_hi - block.k_lo).div_ceil(block_n);
@@ -111,60 +120,64 @@ pub fn flash_attention_varlen_mma_kernel<F: Float, I: Numeric, N: Size>(
             head_dim,
             units,
         );
-        let mut s_acc = scores(&q_ops, &k_tile, block_n, head_dim);
+        let mut s_acc = scores(&q_ops, &k_tile, block_n, head_dim, m_tiles);
 
-        // Mask and scale; each row's max over this tile (its 4 lanes together).
-        let mut tile_max = Array::<f32>::new(2usize);
+        // Scores hidden by the mask to NEG_BIG (tiles at a sequence's end or a window's
+        // edge only); each row's max over this tile (its 4 lanes together), unscaled.
+        mask_scores(
+            &mut s_acc,
+            q0 + first_row,
+            block.len,
+            kb,
+            block.k_hi,
+            window,
+            block_n,
+            m_tiles,
+            windowed,
+        );
+        let mut tile_max = Array::<f32>::new(lane_rows);
         #[unroll]
-        for e in 0..comptime!(2usize) {
-            let qi = q0 + first_row + g + 8 * e;
-            let q_valid = qi < block.len;
+        for r in 0..lane_rows {
             let mut row_tile_max = neg_big;
             #[unroll]
-            for n in 0..comptime!(block_n / MMA_N) {
-                let acc = s_acc.index(n);
-                let mut pair = acc[e];
-                #[unroll]
-                for c in 0..comptime!(2usize) {
-                    let key = kb + n * MMA_N + 2 * t + c;
-                    let visible = q_valid && key_visible(qi, key, block.k_hi, window, windowed);
-                    let s = select(visible, pair[c] * scale, neg_big);
-                    pair[c] = s;
-                    row_tile_max = select(s > row_tile_max, s, row_tile_max);
-                }
-                let acc = s_acc.index_mut(n);
-                acc[e] = pair;
+            for n in 0..s_per_tile {
+                let acc = s_acc.index(comptime!((r / 2) * s_per_tile + n));
+                let pair = acc[comptime!(r % 2)];
+                row_tile_max = max(row_tile_max, max(pair[0usize], pair[1usize]));
             }
-            tile_max[e] = row_max(row_tile_max, QUAD);
+            tile_max[r] = row_max(row_tile_max, QUAD);
         }
 
-        // Online softmax: raise the max, rescale O and l, P = exp(S − m).
+        // Online softmax: raise the max, rescale O and l, P = exp((S − m) · scale). A row
+        // that has seen nothing yet keeps m = NEG_BIG; it subtracts 0 instead, so its masked
+        // scores still give exp(NEG_BIG · scale) = 0.
         #[unroll]
-        for e in 0..comptime!(2usize) {
-            let m_new = select(tile_max[e] > m[e], tile_max[e], m[e]);
+        for r in 0..lane_rows {
+            let e = comptime!(r % 2);
+            let m_new = max(tile_max[r], m[r]);
             // 0 for rows that saw nothing before (m = NEG_BIG), 1 while the max holds.
-            let correction = (m[e] - m_new).exp();
-            m[e] = m_new;
-            let mut row_sum_part = l[e] * correction;
+            let correction = ((m[r] - m_new) * scale).exp();
+            m[r] = m_new;
+            let m_scaled = select(m_new == neg_big, 0.0, m_new * scale);
+            let mut row_sum_part = l[r] * correction;
             #[unroll]
-            for n in 0..comptime!(head_dim / MMA_N) {
-                let acc = o_acc.index_mut(n);
+            for n in 0..o_per_tile {
+                let acc = o_acc.index_mut(comptime!((r / 2) * o_per_tile + n));
                 acc[e] = acc[e] * AccPair::new(correction);
             }
             #[unroll]
-            for n in 0..comptime!(block_n / MMA_N) {
-                let acc = s_acc.index_mut(n);
+            for n in 0..s_per_tile {
+                let acc = s_acc.index_mut(comptime!((r / 2) * s_per_tile + n));
                 let mut pair = acc[e];
                 #[unroll]
                 for c in 0..comptime!(2usize) {
-                    let s = pair[c];
-                    let p = select(s > neg_big * 0.5, (s - m_new).exp(), 0.0);
+                    let p = fma(pair[c], scale, -m_scaled).exp();
                     row_sum_part += p;
                     pair[c] = p;
                 }
                 acc[e] = pair;
             }
-            l[e] = row_sum_part;
+            l[r] = row_sum_part;
         }
 
         // Every plane is done with K: V in, the next K in flight while `P·V` is computed (past
@@ -183,7 +196,7 @@ pub fn flash_attention_varlen_mma_kernel<F: Float, I: Numeric, N: Size>(
             units,
         );
         sync_cube();
-        accumulate_products(&mut o_acc, &s_acc, &v_tile, block_n, head_dim);
+        accumulate_products(&mut o_acc, &s_acc, &v_tile, block_n, head_dim, m_tiles);
         // Every plane is done with V: the next K in.
         store_rows(&k_held, &mut k_tile, unit, block_n, head_dim, units);
         sync_cube();
@@ -191,15 +204,15 @@ pub fn flash_attention_varlen_mma_kernel<F: Float, I: Numeric, N: Size>(
 
     // Each row's sum over its 4 lanes; O / l out (rows past the sequence end have l = 0 and
     // are not written), and the log-sum-exp.
-    let mut inv_l = Array::<f32>::new(2usize);
+    let mut inv_l = Array::<f32>::new(lane_rows);
     #[unroll]
-    for e in 0..comptime!(2usize) {
-        let l_row = row_sum(l[e], QUAD);
-        inv_l[e] = select(l_row > 0.0, 1.0 / l_row, 0.0);
-        let qi = q0 + first_row + g + 8 * e;
-        if t == 0 && qi < block.len {
-            lse[(block.start + qi) * heads + head] = m[e] + l_row.ln();
+    for r in 0..lane_rows {
+        let l_row = row_sum(l[r], QUAD);
+        inv_l[r] = select(l_row > 0.0, 1.0 / l_row, 0.0);
+        let qi = q0 + first_row + (r / 2) * TILE + g + 8 * (r % 2);
+        if cube.t == 0 && qi < block.len {
+            lse[(block.start + qi) * heads + head] = m[r] * scale + l_row.ln();
         }
     }
-    write_rows(&o_acc, &inv_l, &mut scratch, out, &cube, head_dim);
+    write_rows(&o_acc, &inv_l, &mut scratch, out, &cube, head_dim, m_tiles);
 }

@@ -14,6 +14,12 @@
 //! addresses of 8×8 matrix `j`, and the register `j` of every lane receives its part of
 //! matrix `j`. The padding makes the 8 rows of a matrix fall in distinct banks.
 //!
+//! A plane owns `16 · m_tiles` rows (`m_tiles` is a comptime parameter of every function
+//! here): row operands and accumulators of m-tile `m` follow those of m-tile `m − 1` in their
+//! sequence, and each B operand read from shared memory feeds the products of all m-tiles,
+//! so two m-tiles halve the shared-memory reads per product (FlashAttention-2 gives each warp
+//! of its forward 32 query rows for this reason).
+//!
 //! Every call must be made by all 32 lanes of the plane together.
 
 use cubecl::cmma::{MatrixIdent, MmaDefinition};
@@ -21,7 +27,7 @@ use cubecl::prelude::*;
 
 use super::kernel_cmma::{PAD, PAD_F32, SMEM_ALIGN, TILE};
 use super::staging::stage_rows;
-use super::tiling::{query_block, QueryBlock};
+use super::tiling::{key_visible, query_block, tile_unmasked, QueryBlock, NEG_BIG};
 
 /// Columns of one accumulator (m16n8k16: 16 rows × 8 columns).
 pub const MMA_N: usize = 8;
@@ -34,10 +40,10 @@ pub type Pair<F> = Vector<F, Const<2>>;
 pub type AccPair = Vector<f32, Const<2>>;
 
 /// Where a unit of an mma kernel works. All of them launch the grid
-/// `(ceil(max_seqlen / block_m), heads, batch)` with cubes of `planes` planes of 32 lanes:
-/// cube `(x, head, sequence)` owns rows `x · block_m ..` of the sequence (queries in the
-/// forward and dQ, keys in dK/dV), plane `p` the 16 from `16p`, and walks the rows on the
-/// other side that they see.
+/// `(ceil(max_seqlen / block_m), heads, batch)` with cubes of `planes` planes of 32 lanes,
+/// `block_m = 16 · m_tiles · planes`: cube `(x, head, sequence)` owns rows `x · block_m ..`
+/// of the sequence (queries in the forward and dQ, keys in dK/dV), plane `p` the
+/// `16 · m_tiles` from `16 · m_tiles · p`, and walks the rows on the other side that they see.
 #[derive(CubeType)]
 pub struct MmaCube {
     /// The sequence, and the range of rows on the other side (the mask is symmetric).
@@ -64,9 +70,10 @@ pub fn mma_cube<I: Numeric>(
     heads: usize,
     window: usize,
     #[comptime] planes: usize,
+    #[comptime] m_tiles: usize,
     #[comptime] windowed: bool,
 ) -> MmaCube {
-    let block_m = comptime!(TILE * planes);
+    let block_m = comptime!(TILE * m_tiles * planes);
     let lane = UNIT_POS_X as usize;
     let plane = UNIT_POS_Y as usize;
     let row0 = CUBE_POS_X as usize * block_m;
@@ -80,7 +87,7 @@ pub fn mma_cube<I: Numeric>(
     );
     let head = CUBE_POS_Y as usize;
     let unit = plane * 32 + lane;
-    let first_row = plane * TILE;
+    let first_row = plane * comptime!(TILE * m_tiles);
     let g = lane / QUAD;
     let t = lane % QUAD;
     MmaCube {
@@ -137,8 +144,9 @@ pub fn stage_and_wait<F: Float, N: Size>(
     sync_cube();
 }
 
-/// The plane's own rows of `src` as A operands (`row_operands`), staged through `tile`
-/// (`16 · planes` rows), which is free again when this returns.
+/// The plane's own rows of `src` as A operands, one per 16 columns of `head_dim` for each
+/// m-tile, staged through `tile` (`16 · m_tiles · planes` rows), which is free again when
+/// this returns.
 #[cube]
 pub fn own_operands<F: Float, N: Size>(
     src: &Tensor<Vector<F, N>>,
@@ -146,6 +154,7 @@ pub fn own_operands<F: Float, N: Size>(
     cube: &MmaCube,
     #[comptime] head_dim: usize,
     #[comptime] planes: usize,
+    #[comptime] m_tiles: usize,
 ) -> Sequence<Array<Pair<F>>> {
     stage_and_wait(
         src,
@@ -153,40 +162,31 @@ pub fn own_operands<F: Float, N: Size>(
         cube,
         cube.row0,
         cube.range.len,
-        comptime!(TILE * planes),
+        comptime!(TILE * m_tiles * planes),
         head_dim,
         planes,
     );
-    let operands = row_operands(tile, cube.first_row, head_dim);
-    sync_cube();
-    operands
-}
-
-/// Rows `first_row .. first_row + 16` of a staged tile as A operands, one per 16 columns of
-/// `head_dim`.
-#[cube]
-pub fn row_operands<F: Float, N: Size>(
-    tile: &SharedMemory<Vector<F, N>>,
-    first_row: usize,
-    #[comptime] head_dim: usize,
-) -> Sequence<Array<Pair<F>>> {
     let def = MmaDefinition::<F, F, f32>::new(TILE, MMA_N, TILE);
     let lane = UNIT_POS_X as usize;
     let sub_row = lane % 8;
     let matrix = lane / 8;
     let mut operands = Sequence::<Array<Pair<F>>>::new();
     #[unroll]
-    for d in 0..comptime!(head_dim / TILE) {
-        // Matrix j: rows +8 if j is odd, columns +8 if j ≥ 2.
-        let row = first_row + (matrix % 2) * 8 + sub_row;
-        let offset = tile_offset::<N>(row, d * TILE + (matrix / 2) * 8, head_dim);
-        operands.push(def.load_matrix::<Vector<F, N>, Const<2>>(
-            &tile.slice(offset, offset + 1),
-            MatrixIdent::A,
-            4usize,
-            false,
-        ));
+    for m in 0..m_tiles {
+        #[unroll]
+        for d in 0..comptime!(head_dim / TILE) {
+            // Matrix j: rows +8 if j is odd, columns +8 if j ≥ 2.
+            let row = cube.first_row + m * TILE + (matrix % 2) * 8 + sub_row;
+            let offset = tile_offset::<N>(row, d * TILE + (matrix / 2) * 8, head_dim);
+            operands.push(def.load_matrix::<Vector<F, N>, Const<2>>(
+                &tile.slice(offset, offset + 1),
+                MatrixIdent::A,
+                4usize,
+                false,
+            ));
+        }
     }
+    sync_cube();
     operands
 }
 
@@ -204,20 +204,24 @@ pub fn zero_accumulators(#[comptime] columns: usize) -> Sequence<Array<AccPair>>
     accs
 }
 
-/// `A·Bᵀ` for the plane's 16 rows `A` (operands over `head_dim`) and the first `rows` rows of
-/// a staged tile `B`: `rows / 8` accumulators, accumulator `n` for rows `8n..` of `B`.
+/// `A·Bᵀ` for the plane's `16 · m_tiles` rows `A` (operands over `head_dim`) and the first
+/// `rows` rows of a staged tile `B`: `rows / 8` accumulators per m-tile, accumulator
+/// `m · rows / 8 + n` for rows `8n..` of `B`.
 #[cube]
 pub fn scores<F: Float, N: Size>(
     a: &Sequence<Array<Pair<F>>>,
     b_tile: &SharedMemory<Vector<F, N>>,
     #[comptime] rows: usize,
     #[comptime] head_dim: usize,
+    #[comptime] m_tiles: usize,
 ) -> Sequence<Array<AccPair>> {
     let def = MmaDefinition::<F, F, f32>::new(TILE, MMA_N, TILE);
     let lane = UNIT_POS_X as usize;
     let sub_row = lane % 8;
     let matrix = lane / 8;
-    let mut acc = zero_accumulators(rows);
+    let a_per_tile = comptime!(head_dim / TILE);
+    let acc_per_tile = comptime!(rows / MMA_N);
+    let mut acc = zero_accumulators(comptime!(rows * m_tiles));
     #[unroll]
     for n2 in 0..comptime!(rows / TILE) {
         #[unroll]
@@ -233,24 +237,67 @@ pub fn scores<F: Float, N: Size>(
                 4usize,
                 false,
             );
-            def.execute_inplace(
-                a.index(d),
-                &register_pair(&b, 0usize),
-                acc.index_mut(2 * n2),
-            );
-            def.execute_inplace(
-                a.index(d),
-                &register_pair(&b, 1usize),
-                acc.index_mut(2 * n2 + 1),
-            );
+            let b_low = register_pair(&b, 0usize);
+            let b_high = register_pair(&b, 1usize);
+            #[unroll]
+            for m in 0..m_tiles {
+                let a_m = a.index(m * a_per_tile + d);
+                def.execute_inplace(a_m, &b_low, acc.index_mut(m * acc_per_tile + 2 * n2));
+                def.execute_inplace(a_m, &b_high, acc.index_mut(m * acc_per_tile + 2 * n2 + 1));
+            }
         }
     }
     acc
 }
 
-/// `acc += P·B` for the plane's `16 × depth` accumulators `P` (narrowed to the input dtype)
-/// and the first `depth` rows of a staged tile `B`, one accumulator per 8 columns of
-/// `head_dim`.
+/// Sets the scores that the mask hides to `NEG_BIG` in the plane's `16 · m_tiles × cols`
+/// accumulators ([`scores`]) over own rows `row0 ..` (of a sequence of `len`) and columns
+/// `col0 ..` (those at or past `col_hi` are outside the range), unless the whole tile is
+/// visible ([`tile_unmasked`], uniform over the plane): then it costs one comparison. An
+/// exponential of a hidden score, scaled, is 0.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub fn mask_scores(
+    acc: &mut Sequence<Array<AccPair>>,
+    row0: usize,
+    len: usize,
+    col0: usize,
+    col_hi: usize,
+    window: usize,
+    #[comptime] cols: usize,
+    #[comptime] m_tiles: usize,
+    #[comptime] windowed: bool,
+) {
+    let rows = comptime!(TILE * m_tiles);
+    if !tile_unmasked(row0, len, col0, col_hi, window, rows, cols, windowed) {
+        let lane = UNIT_POS_X as usize;
+        let g = lane / QUAD;
+        let t = lane % QUAD;
+        #[unroll]
+        for r in 0..comptime!(2 * m_tiles) {
+            let row = row0 + (r / 2) * TILE + g + 8 * (r % 2);
+            let row_valid = row < len;
+            #[unroll]
+            for n in 0..comptime!(cols / MMA_N) {
+                let index = comptime!((r / 2) * (cols / MMA_N) + n);
+                let e = comptime!(r % 2);
+                let mut pair = acc.index(index)[e];
+                #[unroll]
+                for c in 0..comptime!(2usize) {
+                    let col = col0 + n * MMA_N + 2 * t + c;
+                    let visible = row_valid && key_visible(row, col, col_hi, window, windowed);
+                    pair[c] = select(visible, pair[c], f32::new(NEG_BIG));
+                }
+                let acc_n = acc.index_mut(index);
+                acc_n[e] = pair;
+            }
+        }
+    }
+}
+
+/// `acc += P·B` for the plane's `16 · m_tiles × depth` accumulators `P` (narrowed to the
+/// input dtype; laid out as [`scores`] returns them) and the first `depth` rows of a staged
+/// tile `B`, one accumulator per 8 columns of `head_dim` per m-tile.
 #[cube]
 pub fn accumulate_products<F: Float, N: Size>(
     acc: &mut Sequence<Array<AccPair>>,
@@ -258,14 +305,24 @@ pub fn accumulate_products<F: Float, N: Size>(
     b_tile: &SharedMemory<Vector<F, N>>,
     #[comptime] depth: usize,
     #[comptime] head_dim: usize,
+    #[comptime] m_tiles: usize,
 ) {
     let def = MmaDefinition::<F, F, f32>::new(TILE, MMA_N, TILE);
     let lane = UNIT_POS_X as usize;
     let sub_row = lane % 8;
     let matrix = lane / 8;
+    let p_per_tile = comptime!(depth / MMA_N);
+    let acc_per_tile = comptime!(head_dim / MMA_N);
     #[unroll]
     for j in 0..comptime!(depth / TILE) {
-        let a = narrowed_operand::<F>(p.index(2 * j), p.index(2 * j + 1));
+        let mut a = Sequence::<Array<Pair<F>>>::new();
+        #[unroll]
+        for m in 0..m_tiles {
+            a.push(narrowed_operand::<F>(
+                p.index(m * p_per_tile + 2 * j),
+                p.index(m * p_per_tile + 2 * j + 1),
+            ));
+        }
         #[unroll]
         for d2 in 0..comptime!(head_dim / TILE) {
             // B = the tile's rows j·16.. as k, transposed by `ldmatrix.trans`: matrix j holds
@@ -279,23 +336,31 @@ pub fn accumulate_products<F: Float, N: Size>(
                 4usize,
                 true,
             );
-            def.execute_inplace(&a, &register_pair(&b, 0usize), acc.index_mut(2 * d2));
-            def.execute_inplace(&a, &register_pair(&b, 1usize), acc.index_mut(2 * d2 + 1));
+            let b_low = register_pair(&b, 0usize);
+            let b_high = register_pair(&b, 1usize);
+            #[unroll]
+            for m in 0..m_tiles {
+                let a_m = a.index(m);
+                def.execute_inplace(a_m, &b_low, acc.index_mut(m * acc_per_tile + 2 * d2));
+                def.execute_inplace(a_m, &b_high, acc.index_mut(m * acc_per_tile + 2 * d2 + 1));
+            }
         }
     }
 }
 
-/// The f32 scratch of [`write_rows`]: `16 · planes` rows of `head_dim` (+ padding).
+/// The f32 scratch of [`write_rows`]: `block_m` rows of `head_dim` (+ padding).
 #[cube]
-pub fn output_scratch(#[comptime] planes: usize, #[comptime] head_dim: usize) -> SharedMemory<f32> {
-    SharedMemory::<f32>::new_aligned(comptime!(TILE * planes * (head_dim + PAD_F32)), SMEM_ALIGN)
+pub fn output_scratch(#[comptime] block_m: usize, #[comptime] head_dim: usize) -> SharedMemory<f32> {
+    SharedMemory::<f32>::new_aligned(comptime!(block_m * (head_dim + PAD_F32)), SMEM_ALIGN)
 }
 
-/// Writes the plane's 16 own rows of `head_dim / 8` accumulators, row `g + 8e` multiplied by
-/// `row_scale[e]`, to `out` (one head), skipping rows at or past the sequence end. The rows
-/// go through the plane's rows of the f32 `scratch` ([`output_scratch`]) to leave as vector
-/// stores, two lanes per row; the scratch is free again when this returns.
+/// Writes the plane's `16 · m_tiles` own rows of `head_dim / 8` accumulators per m-tile,
+/// row `g + 8e` of m-tile `m` multiplied by `row_scale[2m + e]`, to `out` (one head),
+/// skipping rows at or past the sequence end. The rows go through the plane's rows of the
+/// f32 `scratch` ([`output_scratch`]) to leave as vector stores, two lanes per row; the
+/// scratch is free again when this returns.
 #[cube]
+#[allow(clippy::too_many_arguments)]
 pub fn write_rows<F: Float, N: Size>(
     acc: &Sequence<Array<AccPair>>,
     row_scale: &Array<f32>,
@@ -303,43 +368,48 @@ pub fn write_rows<F: Float, N: Size>(
     out: &mut Tensor<Vector<F, N>>,
     cube: &MmaCube,
     #[comptime] head_dim: usize,
+    #[comptime] m_tiles: usize,
 ) {
     let scratch_stride = comptime!(head_dim + PAD_F32);
+    let acc_per_tile = comptime!(head_dim / MMA_N);
     let lane = UNIT_POS_X as usize;
     let first_row = cube.first_row;
     let g = cube.g;
     let t = cube.t;
     #[unroll]
-    for e in 0..comptime!(2usize) {
-        let row = first_row + g + 8 * e;
+    for r in 0..comptime!(2 * m_tiles) {
+        let row = first_row + (r / 2) * TILE + g + 8 * (r % 2);
         #[unroll]
-        for n in 0..comptime!(head_dim / MMA_N) {
-            let acc_n = acc.index(n);
-            let pair = acc_n[e];
+        for n in 0..acc_per_tile {
+            let acc_n = acc.index(comptime!((r / 2) * acc_per_tile + n));
+            let pair = acc_n[comptime!(r % 2)];
             #[unroll]
             for c in 0..comptime!(2usize) {
-                scratch[row * scratch_stride + n * MMA_N + 2 * t + c] = pair[c] * row_scale[e];
+                scratch[row * scratch_stride + n * MMA_N + 2 * t + c] = pair[c] * row_scale[r];
             }
         }
     }
     sync_plane();
     let vector = N::value();
     let lanes_per_row = comptime!(32 / TILE);
-    let row = first_row + lane / lanes_per_row;
-    let part = lane % lanes_per_row;
-    let position = cube.row0 + row;
-    if position < cube.range.len {
-        let row_vectors = comptime!(head_dim / vector);
-        let token_head = (cube.range.start + position) * cube.heads + cube.head;
-        #[unroll]
-        for j in 0..comptime!(row_vectors / lanes_per_row) {
-            let chunk = j * lanes_per_row + part;
-            let mut value = Vector::<F, N>::empty();
+    let row_vectors = comptime!(head_dim / vector);
+    #[unroll]
+    for m in 0..m_tiles {
+        let row = first_row + m * TILE + lane / lanes_per_row;
+        let part = lane % lanes_per_row;
+        let position = cube.row0 + row;
+        if position < cube.range.len {
+            let token_head = (cube.range.start + position) * cube.heads + cube.head;
             #[unroll]
-            for e in 0..vector {
-                value[e] = F::cast_from(scratch[row * scratch_stride + chunk * vector + e]);
+            for j in 0..comptime!(row_vectors / lanes_per_row) {
+                let chunk = j * lanes_per_row + part;
+                let mut value = Vector::<F, N>::empty();
+                #[unroll]
+                for e in 0..vector {
+                    value[e] = F::cast_from(scratch[row * scratch_stride + chunk * vector + e]);
+                }
+                out[token_head * row_vectors + chunk] = value;
             }
-            out[token_head * row_vectors + chunk] = value;
         }
     }
     sync_plane();

@@ -131,6 +131,9 @@ pub enum AttentionError {
     /// q, k, v or cu_seqlens disagree in shape.
     #[error("attention shape mismatch: {0}")]
     Shape(String),
+    /// The softmax scale is not a positive finite number.
+    #[error("softmax scale {0} must be positive and finite")]
+    Scale(f64),
 }
 
 /// Offsets of packed sequences: sequence `i` holds tokens `offsets[i]..offsets[i + 1]`.
@@ -262,7 +265,8 @@ pub struct VarlenAttentionOutput<B: Backend> {
 /// - output: see [`VarlenAttentionOutput`]
 ///
 /// # Errors
-/// [`AttentionError::Shape`] when q, k, v differ in shape or do not hold `total` tokens.
+/// [`AttentionError::Shape`] when q, k, v differ in shape or do not hold `total` tokens;
+/// [`AttentionError::Scale`] when the scale is not positive and finite.
 pub fn varlen_attention<B: Backend>(
     q: Tensor<B, 3>,
     k: Tensor<B, 3>,
@@ -293,7 +297,7 @@ pub fn varlen_attention<B: Backend>(
         offsets: cu_seqlens.offsets(),
         max_seqlen: cu_seqlens.max_seqlen(),
         window: options.window,
-        scale: options.scale.unwrap_or(1.0 / (dims[2] as f64).sqrt()) as f32,
+        scale: softmax_scale(options, dims[2])?,
     };
     let float = |t: Tensor<B, 3>| t.into_primitive().tensor();
     let (out, lse) = B::varlen_attention(
@@ -318,7 +322,7 @@ pub fn varlen_attention<B: Backend>(
 ///
 /// # Errors
 /// [`AttentionError::Shape`] when the first dimension is not 3 or the stack does not hold
-/// `total` tokens.
+/// `total` tokens; [`AttentionError::Scale`] as for [`varlen_attention`].
 pub fn varlen_attention_packed<B: Backend>(
     qkv: Tensor<B, 4>,
     cu_seqlens: &CuSeqlens<B>,
@@ -344,7 +348,7 @@ pub fn varlen_attention_packed<B: Backend>(
         offsets: cu_seqlens.offsets(),
         max_seqlen: cu_seqlens.max_seqlen(),
         window: options.window,
-        scale: options.scale.unwrap_or(1.0 / (head_dim as f64).sqrt()) as f32,
+        scale: softmax_scale(options, head_dim)?,
     };
     let (out, lse) = B::varlen_attention_packed(
         qkv.into_primitive().tensor(),
@@ -366,6 +370,17 @@ pub fn split_packed<B: burn::tensor::backend::Backend>(qkv: FloatTensor<B>) -> [
             .into_primitive()
             .tensor()
     })
+}
+
+/// The scale the options ask for (default `1 / sqrt(head_dim)`), refused unless positive
+/// and finite: the kernels track each row's running maximum on unscaled scores.
+fn softmax_scale(options: VarlenAttentionOptions, head_dim: usize) -> Result<f32, AttentionError> {
+    let scale = options.scale.unwrap_or(1.0 / (head_dim as f64).sqrt());
+    if scale > 0.0 && (scale as f32).is_finite() {
+        Ok(scale as f32)
+    } else {
+        Err(AttentionError::Scale(scale))
+    }
 }
 
 fn output<B: Backend>(out: FloatTensor<B>, lse: FloatTensor<B>) -> VarlenAttentionOutput<B> {

@@ -38,6 +38,10 @@ pub fn stage_rows<F: Float, N: Size>(
 /// vector `unit + i · units` of the rows (row-major, `head_dim / vector` per row) as element
 /// `i`, zeros at and past `end` and past the rows. Issuing the loads early and storing them
 /// with [`store_rows`] later hides their latency behind the work in between.
+///
+/// A tile wholly before `end` (every tile but a sequence's last) takes whole vectors
+/// without a per-element choice: `first`, `rows` and `end` are the same for the whole cube,
+/// so the branch is uniform.
 #[cube]
 #[allow(clippy::too_many_arguments)]
 pub fn load_rows<F: Float, N: Size>(
@@ -55,16 +59,26 @@ pub fn load_rows<F: Float, N: Size>(
     let vector = N::value();
     let row_vectors = comptime!(head_dim / vector);
     let count = comptime!(rows * head_dim / vector);
-    let mut held = Array::<Vector<F, N>>::new(comptime!(count.div_ceil(units)));
-    #[unroll]
-    for i in 0..comptime!(count.div_ceil(units)) {
-        let e = unit + i * units;
-        let position = first + e / row_vectors;
-        let mut value = Vector::<F, N>::new(F::new(0.0));
-        if e < count && position < end {
-            value = src[((start + position) * heads + head) * row_vectors + e % row_vectors];
+    let per_unit = comptime!(count.div_ceil(units));
+    let mut held = Array::<Vector<F, N>>::new(per_unit);
+    if first + rows <= end && comptime!(count % units == 0) {
+        #[unroll]
+        for i in 0..per_unit {
+            let e = unit + i * units;
+            let position = first + e / row_vectors;
+            held[i] = src[((start + position) * heads + head) * row_vectors + e % row_vectors];
         }
-        held[i] = value;
+    } else {
+        #[unroll]
+        for i in 0..per_unit {
+            let e = unit + i * units;
+            let position = first + e / row_vectors;
+            let mut value = Vector::<F, N>::new(F::new(0.0));
+            if e < count && position < end {
+                value = src[((start + position) * heads + head) * row_vectors + e % row_vectors];
+            }
+            held[i] = value;
+        }
     }
     held
 }
@@ -86,7 +100,7 @@ pub fn store_rows<F: Float, N: Size>(
     #[unroll]
     for i in 0..comptime!(count.div_ceil(units)) {
         let e = unit + i * units;
-        if e < count {
+        if comptime!(count % units == 0) || e < count {
             tile[(e / row_vectors) * tile_row_vectors + e % row_vectors] = held[i];
         }
     }

@@ -109,6 +109,31 @@ pub fn key_visible(
     visible
 }
 
+/// Whether every pair of a tile is visible, so that it needs no mask: own rows
+/// `row0 .. row0 + rows` all lie in the sequence of `len`, columns `col0 .. col0 + cols` all
+/// before `col_hi`, and, with a window, every row within `window` of every column. The
+/// mask is symmetric, so rows may be queries (columns keys) or the other way round.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub fn tile_unmasked(
+    row0: usize,
+    len: usize,
+    col0: usize,
+    col_hi: usize,
+    window: usize,
+    #[comptime] rows: usize,
+    #[comptime] cols: usize,
+    #[comptime] windowed: bool,
+) -> bool {
+    let mut unmasked = row0 + rows <= len && col0 + cols <= col_hi;
+    if windowed {
+        unmasked = unmasked
+            && row0 + rows <= col0 + window + 1
+            && col0 + cols <= row0 + window + 1;
+    }
+    unmasked
+}
+
 /// Where a unit of a plain kernel works: cube `(x, head, sequence)` of the grid
 /// `(ceil(max_seqlen / units), heads, batch)` owns `units` consecutive rows (queries, or keys
 /// in the dK/dV kernel), one per unit.
