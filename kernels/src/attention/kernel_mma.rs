@@ -16,9 +16,10 @@
 //!    `ldmatrix`;
 //! 3. masks them (sequence, window) unless the whole tile is visible to the plane's rows
 //!    ([`mask_scores`]: only tiles at a sequence's end or a window's edge), raises
-//!    the running max `m` per row (on unscaled scores), rescales the output accumulators and
-//!    the running sum `l` by `exp((m_old − m_new) · scale)`, and takes
-//!    `P = exp(S · scale − m · scale)`, one fused multiply-add and one exponential each;
+//!    the running max `m` per row (on unscaled scores), rescales the running sum `l` and,
+//!    when a row of the plane raised its max, the output accumulators by
+//!    `exp((m_old − m_new) · scale)`, and takes `P = exp(S · scale − m · scale)`, one fused
+//!    multiply-add and one exponential each;
 //! 4. V goes to shared memory and the loads of the next K are issued; after a barrier,
 //!    `O += P·V`, B operands of V read with `ldmatrix.trans`; the next K goes to shared
 //!    memory, and a barrier.
@@ -148,23 +149,21 @@ pub fn flash_attention_varlen_mma_kernel<F: Float, I: Numeric, N: Size>(
             tile_max[r] = row_max(row_tile_max, QUAD);
         }
 
-        // Online softmax: raise the max, rescale O and l, P = exp((S − m) · scale). A row
-        // that has seen nothing yet keeps m = NEG_BIG; it subtracts 0 instead, so its masked
-        // scores still give exp(NEG_BIG · scale) = 0.
+        // Online softmax: raise the max, rescale l (and O, below), P = exp((S − m) · scale).
+        // A row that has seen nothing yet keeps m = NEG_BIG; it subtracts 0 instead, so its
+        // masked scores still give exp(NEG_BIG · scale) = 0.
+        let mut correction = Array::<f32>::new(lane_rows);
+        let mut raised = false;
         #[unroll]
         for r in 0..lane_rows {
             let e = comptime!(r % 2);
             let m_new = max(tile_max[r], m[r]);
+            raised = raised || m_new > m[r];
             // 0 for rows that saw nothing before (m = NEG_BIG), 1 while the max holds.
-            let correction = ((m[r] - m_new) * scale).exp();
+            correction[r] = ((m[r] - m_new) * scale).exp();
             m[r] = m_new;
             let m_scaled = select(m_new == neg_big, 0.0, m_new * scale);
-            let mut row_sum_part = l[r] * correction;
-            #[unroll]
-            for n in 0..o_per_tile {
-                let acc = o_acc.index_mut(comptime!((r / 2) * o_per_tile + n));
-                acc[e] = acc[e] * AccPair::new(correction);
-            }
+            let mut row_sum_part = l[r] * correction[r];
             #[unroll]
             for n in 0..s_per_tile {
                 let acc = s_acc.index_mut(comptime!((r / 2) * s_per_tile + n));
@@ -178,6 +177,19 @@ pub fn flash_attention_varlen_mma_kernel<F: Float, I: Numeric, N: Size>(
                 acc[e] = pair;
             }
             l[r] = row_sum_part;
+        }
+        // O only when a row of the plane raised its max (a vote, uniform over the plane):
+        // past the first tiles most rows keep theirs, and every correction is then 1.
+        if plane_any(raised) {
+            #[unroll]
+            for r in 0..lane_rows {
+                #[unroll]
+                for n in 0..o_per_tile {
+                    let acc = o_acc.index_mut(comptime!((r / 2) * o_per_tile + n));
+                    let e = comptime!(r % 2);
+                    acc[e] = acc[e] * AccPair::new(correction[r]);
+                }
+            }
         }
 
         // Every plane is done with K: V in, the next K in flight while `P·V` is computed (past

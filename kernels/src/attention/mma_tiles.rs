@@ -221,16 +221,16 @@ pub fn scores<F: Float, N: Size>(
     let matrix = lane / 8;
     let a_per_tile = comptime!(head_dim / TILE);
     let acc_per_tile = comptime!(rows / MMA_N);
+    // B = rows of the tile, read as they are (k = columns): matrix j holds rows +8 if j ≥ 2,
+    // columns +8 if j is odd, so registers 0–1 serve rows 16·n2.. and 2–3 the next 8. The
+    // lane's address for block (0, 0); block (n2, d) is a constant further ([`block_offset`]).
+    let lane_offset = tile_offset::<N>((matrix / 2) * 8 + sub_row, (matrix % 2) * 8, head_dim);
     let mut acc = zero_accumulators(comptime!(rows * m_tiles));
     #[unroll]
     for n2 in 0..comptime!(rows / TILE) {
         #[unroll]
         for d in 0..comptime!(head_dim / TILE) {
-            // B = rows of the tile, read as they are (k = columns): matrix j holds rows +8 if
-            // j ≥ 2, columns +8 if j is odd, so registers 0–1 serve rows 16·n2.. and 2–3 the
-            // next 8.
-            let row = n2 * TILE + (matrix / 2) * 8 + sub_row;
-            let offset = tile_offset::<N>(row, d * TILE + (matrix % 2) * 8, head_dim);
+            let offset = lane_offset + block_offset::<N>(n2, d, head_dim);
             let b = def.load_matrix::<Vector<F, N>, Const<2>>(
                 &b_tile.slice(offset, offset + 1),
                 MatrixIdent::B,
@@ -313,6 +313,10 @@ pub fn accumulate_products<F: Float, N: Size>(
     let matrix = lane / 8;
     let p_per_tile = comptime!(depth / MMA_N);
     let acc_per_tile = comptime!(head_dim / MMA_N);
+    // B = the tile's rows j·16.. as k, transposed by `ldmatrix.trans`: matrix j holds rows +8
+    // if j is odd, columns +8 if j ≥ 2, so registers 0–1 serve columns 16·d2.. and 2–3 the
+    // next 8. The lane's address for block (0, 0), as in [`scores`].
+    let lane_offset = tile_offset::<N>((matrix % 2) * 8 + sub_row, (matrix / 2) * 8, head_dim);
     #[unroll]
     for j in 0..comptime!(depth / TILE) {
         let mut a = Sequence::<Array<Pair<F>>>::new();
@@ -325,11 +329,7 @@ pub fn accumulate_products<F: Float, N: Size>(
         }
         #[unroll]
         for d2 in 0..comptime!(head_dim / TILE) {
-            // B = the tile's rows j·16.. as k, transposed by `ldmatrix.trans`: matrix j holds
-            // rows +8 if j is odd, columns +8 if j ≥ 2, so registers 0–1 serve columns 16·d2..
-            // and 2–3 the next 8.
-            let row = j * TILE + (matrix % 2) * 8 + sub_row;
-            let offset = tile_offset::<N>(row, d2 * TILE + (matrix / 2) * 8, head_dim);
+            let offset = lane_offset + block_offset::<N>(j, d2, head_dim);
             let b = def.load_matrix::<Vector<F, N>, Const<2>>(
                 &b_tile.slice(offset, offset + 1),
                 MatrixIdent::B,
@@ -419,6 +419,20 @@ pub fn write_rows<F: Float, N: Size>(
 #[cube]
 fn tile_offset<N: Size>(row: usize, column: usize, #[comptime] head_dim: usize) -> usize {
     (row * comptime!(head_dim + PAD) + column) / N::value()
+}
+
+/// Offset, in vectors of `N`, of the 16 × 16 block `(block_row, block_column)` of a staged
+/// tile: a constant, so that an `ldmatrix` address is the lane's register plus an immediate.
+/// (Rows are `head_dim + PAD` elements, a multiple of 8, so every block and every lane's
+/// 8-element row start is a whole number of vectors.)
+#[cube]
+fn block_offset<N: Size>(
+    #[comptime] block_row: usize,
+    #[comptime] block_column: usize,
+    #[comptime] head_dim: usize,
+) -> comptime_type!(usize) {
+    let vector = N::value();
+    comptime!((block_row * TILE * (head_dim + PAD) + block_column * TILE) / vector)
 }
 
 /// Registers `2h, 2h + 1` of an `ldmatrix.x4` result: one B operand (16 × 8).

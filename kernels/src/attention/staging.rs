@@ -41,7 +41,8 @@ pub fn stage_rows<F: Float, N: Size>(
 ///
 /// A tile wholly before `end` (every tile but a sequence's last) takes whole vectors
 /// without a per-element choice: `first`, `rows` and `end` are the same for the whole cube,
-/// so the branch is uniform.
+/// so the branch is uniform. There a unit's vectors are `units / (head_dim / vector)` rows
+/// apart in the same column, one multiply-add from the first's index each.
 #[cube]
 #[allow(clippy::too_many_arguments)]
 pub fn load_rows<F: Float, N: Size>(
@@ -61,12 +62,14 @@ pub fn load_rows<F: Float, N: Size>(
     let count = comptime!(rows * head_dim / vector);
     let per_unit = comptime!(count.div_ceil(units));
     let mut held = Array::<Vector<F, N>>::new(per_unit);
-    if first + rows <= end && comptime!(count % units == 0) {
+    if first + rows <= end && comptime!(count % units == 0 && units % row_vectors == 0) {
+        let row_step = comptime!(units / row_vectors);
+        let position = first + unit / row_vectors;
+        let base = ((start + position) * heads + head) * row_vectors + unit % row_vectors;
+        let stride = row_step * heads * row_vectors;
         #[unroll]
         for i in 0..per_unit {
-            let e = unit + i * units;
-            let position = first + e / row_vectors;
-            held[i] = src[((start + position) * heads + head) * row_vectors + e % row_vectors];
+            held[i] = src[base + i * stride];
         }
     } else {
         #[unroll]
@@ -97,11 +100,20 @@ pub fn store_rows<F: Float, N: Size>(
     let row_vectors = comptime!(head_dim / vector);
     let tile_row_vectors = comptime!((head_dim + PAD) / vector);
     let count = comptime!(rows * head_dim / vector);
-    #[unroll]
-    for i in 0..comptime!(count.div_ceil(units)) {
-        let e = unit + i * units;
-        if comptime!(count % units == 0) || e < count {
-            tile[(e / row_vectors) * tile_row_vectors + e % row_vectors] = held[i];
+    if comptime!(count % units == 0 && units % row_vectors == 0) {
+        // As in `load_rows`: the unit's vectors are rows apart in one column.
+        let base = (unit / row_vectors) * tile_row_vectors + unit % row_vectors;
+        #[unroll]
+        for i in 0..comptime!(count / units) {
+            tile[base + comptime!(i * (units / row_vectors) * tile_row_vectors)] = held[i];
+        }
+    } else {
+        #[unroll]
+        for i in 0..comptime!(count.div_ceil(units)) {
+            let e = unit + i * units;
+            if e < count {
+                tile[(e / row_vectors) * tile_row_vectors + e % row_vectors] = held[i];
+            }
         }
     }
 }
