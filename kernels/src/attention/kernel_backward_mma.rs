@@ -24,8 +24,8 @@ use cubecl::prelude::*;
 
 use super::kernel_cmma::{SMEM_ALIGN, TILE};
 use super::mma_tiles::{
-    accumulate_products, mask_scores, mma_cube, output_scratch, own_operands, scores, stage_and_wait,
-    staged_tile, write_rows, zero_accumulators, AccPair, MMA_N,
+    accumulate_products, mask_scores, mma_cube, output_scratch, own_operands, scores,
+    stage_and_wait, staged_tile, write_rows, zero_accumulators, AccPair, MMA_N,
 };
 use super::staging::{stage_row_values_pair, stage_rows};
 
@@ -144,7 +144,15 @@ pub fn flash_attention_varlen_dq_mma_kernel<F: Float, I: Numeric, N: Size>(
     let mut row_scale = Array::<f32>::new(2usize);
     row_scale[0usize] = scale;
     row_scale[1usize] = scale;
-    write_rows(&dq_acc, &row_scale, &mut scratch, dq, &cube, head_dim, 1usize);
+    write_rows(
+        &dq_acc,
+        &row_scale,
+        &mut scratch,
+        dq,
+        &cube,
+        head_dim,
+        1usize,
+    );
 }
 
 /// `dK` and `dV` for a block of `16 · planes` keys per cube, query tiles of `block_n`.
@@ -273,8 +281,24 @@ pub fn flash_attention_varlen_dkv_mma_kernel<F: Float, I: Numeric, N: Size>(
     let mut row_scale = Array::<f32>::new(2usize);
     row_scale[0usize] = scale;
     row_scale[1usize] = scale;
-    write_rows(&dk_acc, &row_scale, &mut scratch, dk, &cube, head_dim, 1usize);
+    write_rows(
+        &dk_acc,
+        &row_scale,
+        &mut scratch,
+        dk,
+        &cube,
+        head_dim,
+        1usize,
+    );
     row_scale[0usize] = 1.0;
     row_scale[1usize] = 1.0;
-    write_rows(&dv_acc, &row_scale, &mut scratch, dv, &cube, head_dim, 1usize);
+    write_rows(
+        &dv_acc,
+        &row_scale,
+        &mut scratch,
+        dv,
+        &cube,
+        head_dim,
+        1usize,
+    );
 }

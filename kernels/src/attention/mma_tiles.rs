@@ -350,7 +350,10 @@ pub fn accumulate_products<F: Float, N: Size>(
 
 /// The f32 scratch of [`write_rows`]: `block_m` rows of `head_dim` (+ padding).
 #[cube]
-pub fn output_scratch(#[comptime] block_m: usize, #[comptime] head_dim: usize) -> SharedMemory<f32> {
+pub fn output_scratch(
+    #[comptime] block_m: usize,
+    #[comptime] head_dim: usize,
+) -> SharedMemory<f32> {
     SharedMemory::<f32>::new_aligned(comptime!(block_m * (head_dim + PAD_F32)), SMEM_ALIGN)
 }
 

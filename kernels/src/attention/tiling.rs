@@ -127,9 +127,7 @@ pub fn tile_unmasked(
 ) -> bool {
     let mut unmasked = row0 + rows <= len && col0 + cols <= col_hi;
     if windowed {
-        unmasked = unmasked
-            && row0 + rows <= col0 + window + 1
-            && col0 + cols <= row0 + window + 1;
+        unmasked = unmasked && row0 + rows <= col0 + window + 1 && col0 + cols <= row0 + window + 1;
     }
     unmasked
 }
