@@ -10,6 +10,7 @@ use cubek::matmul::launch::{launch_ref, Strategy};
 use cubek::std::InputBinding;
 
 use crate::attention::backward::varlen_attention_backward;
+use crate::attention::delta::attention_delta;
 use crate::attention::forward::varlen_attention_forward;
 use crate::{Backend, StableAdamWStep, VarlenMeta};
 
@@ -197,11 +198,8 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> Backend
         } else {
             Self::float_cast(d_out, q.dtype.into())
         };
-        // D = rowsum(dO ∘ O) in f32, [total, heads].
-        let f32 = |t| Self::float_cast(t, FloatDType::F32);
-        let product = Self::float_mul(f32(d_out.clone()), f32(out));
-        let [total, heads, _] = product.meta.shape().dims::<3>();
-        let delta = Self::float_reshape(Self::float_sum_dim(product, 2), [total, heads].into());
+        // D = rowsum(dO ∘ O) in f32, [total, heads]; O is in q's dtype too.
+        let delta = attention_delta(d_out.clone(), out);
         varlen_attention_backward(q, k, v, d_out, lse, delta, cu_seqlens, meta)
     }
 }

@@ -7,12 +7,15 @@
 //! the `mma.sync` `kernel_mma.rs` on CUDA sm80+, else the cmma `kernel_cmma.rs` where the
 //! device has cmma, else the plain `kernel.rs`; `forward.rs` chooses; the backward likewise:
 //! `kernel_backward_mma.rs`, `kernel_backward_cmma.rs` or `kernel_backward.rs`, chosen in
-//! `backward.rs`); every other backend runs `reference.rs`.
+//! `backward.rs`, after `delta.rs`'s `rowsum(dO ∘ O)`); every other backend runs
+//! `reference.rs`.
 
 #[cfg(feature = "cube")]
 pub(crate) mod backward;
 #[cfg(feature = "cube")]
 mod cmma_tiles;
+#[cfg(feature = "cube")]
+pub(crate) mod delta;
 #[cfg(feature = "cube")]
 pub(crate) mod forward;
 #[cfg(feature = "cube")]
