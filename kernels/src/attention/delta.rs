@@ -65,9 +65,7 @@ pub(crate) fn attention_delta<R: CubeRuntime>(
     let max_vector = client.properties().hardware.max_vector_size as usize;
     let vector = [8, 4, 2, 1]
         .into_iter()
-        .find(|&v| {
-            v <= max_vector && head_dim % v == 0 && v * out.dtype.size() <= MAX_VECTOR_BYTES
-        })
+        .find(|&v| v <= max_vector && head_dim % v == 0 && v * out.dtype.size() <= MAX_VECTOR_BYTES)
         .unwrap_or(1);
     let dtype = out.dtype;
     attention_delta_kernel::launch::<R>(
