@@ -32,7 +32,8 @@ pub(crate) const BLOCK_M: usize = 64;
 /// Shared memory used for the K and V tiles, in bytes (fits WebGPU's 16 KiB default).
 const TILE_BYTES: usize = 16 * 1024;
 
-/// Planes (warps) per cube of the tensor-core kernels (cmma and mma), 16 query rows each.
+/// Planes (warps) per cube of the tensor-core forward kernels: 16 query rows each in the cmma
+/// kernel, 16 per m-tile in the mma one ([`MmaShape`]).
 const CMMA_PLANES: usize = 4;
 /// Overrides [`CMMA_PLANES`] (and the mma forward's planes, [`MmaShape`]) for tuning runs of
 /// the benchmark.

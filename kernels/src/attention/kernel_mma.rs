@@ -5,15 +5,16 @@
 //! Unlike the cmma kernel (`kernel_cmma.rs`), whose fragments are opaque, the register layout
 //! of `mma.sync` is known (`mma_tiles.rs`): the scores `S = Q·Kᵀ` are already the A operand of
 //! `P·V` once exponentiated and narrowed, with no round trip through shared memory. Lane
-//! `4g + t` holds rows `g` and `g + 8` of its plane's 16; a row's max and sum are reduced over
-//! the 4 lanes that share it (`t`), with shuffles.
+//! `4g + t` holds rows `g` and `g + 8` of each of its plane's 16-row m-tiles; a row's max and
+//! sum are reduced over the 4 lanes that share it (`t`), with shuffles.
 //!
-//! A cube is `planes` planes of 32 lanes; plane `p` owns query rows `q0 + 16p ..`. Per cube:
+//! A cube is `planes` planes of 32 lanes; plane `p` owns the `16 · m_tiles` query rows from
+//! `q0 + 16 · m_tiles · p` (two m-tiles up to head_dim 64, see `forward.rs`). Per cube:
 //! the Q block is staged once and kept as A operands (`ldmatrix`), and the first K tile is
 //! staged. Then, for every key tile of `block_n` keys the block can see (`tiling.rs`):
 //! 1. the loads of the tile's V are issued into registers;
-//! 2. each plane computes its `16 × block_n` scores into registers, B operands of K read with
-//!    `ldmatrix`;
+//! 2. each plane computes its `16 · m_tiles × block_n` scores into registers, B operands of K
+//!    read with `ldmatrix` once for all its m-tiles;
 //! 3. masks them (sequence, window) unless the whole tile is visible to the plane's rows
 //!    ([`mask_scores`]: only tiles at a sequence's end or a window's edge), raises
 //!    the running max `m` per row (on unscaled scores), rescales the running sum `l` and,
@@ -29,7 +30,7 @@
 //! their arguments are ≤ 0 and the probabilities are narrowed to f16/bf16 anyway.
 //!
 //! At the end each row is divided by its `l`, staged through an f32 scratch and written with
-//! vector stores; the log-sum-exp is `m + ln l`. Every `ldmatrix`/`mma` is reached by all
+//! vector stores; the log-sum-exp is `m · scale + ln l`. Every `ldmatrix`/`mma` is reached by all
 //! lanes of a plane (the tile loop bound is uniform per cube); rows past the sequence end are
 //! computed on zeros and never written.
 
