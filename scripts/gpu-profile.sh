@@ -5,7 +5,8 @@
 # headline metrics per kernel), and profile.tar.gz (every details page and the SASS with its
 # stall samples).
 #
-# Needs /tmp/bin/attention-bench (scripts/build-gpu-bin.sh packs it).
+# Needs /tmp/bin/attention-bench (scripts/build-gpu-bin.sh packs it). The whole profile takes
+# about 280 s of device time (Nsight Compute replays every kernel it profiles ~40 times).
 #   bash scripts/gpu-profile.sh
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu-profile}
