@@ -71,15 +71,20 @@ fi
 # The attention kernels alone (issues 3 and 4; carry an archive with attention_kernel,
 # attention_backward and attention-bench): their CUDA tests, then the forward and the
 # forward+backward benchmarks against PyTorch in the same call.
+# The attention benchmarks, forward then forward+backward: ours (MODERNBERT_ATTENTION_PATH as
+# set by the caller), then PyTorch. Tables: bench_attention.md, bench_attention_backward.md.
+attention_benchmarks() {
+  echo "=== attention benchmark (ours, then PyTorch)" | tee -a "$OUT/summary.txt"
+  "$BIN/attention-bench" --backend cuda --dtype bf16 2>&1 | tee -a "$OUT/bench_attention.md" | tee -a "$OUT/summary.txt"
+  python3 scripts/bench_attention_torch.py 2>&1 | tee -a "$OUT/bench_attention.md" | tee -a "$OUT/summary.txt"
+  echo "=== attention forward+backward benchmark (ours, then PyTorch)" | tee -a "$OUT/summary.txt"
+  timeout 240 "$BIN/attention-bench" --backend cuda --dtype bf16 --backward --iters 5 2>&1 | tee -a "$OUT/bench_attention_backward.md" | tee -a "$OUT/summary.txt"
+  python3 scripts/bench_attention_torch.py --backward --iters 10 2>&1 | tee -a "$OUT/bench_attention_backward.md" | tee -a "$OUT/summary.txt"
+}
 if [ "$PART" = attention ]; then
   step cuda_attention_kernel "$BIN/attention_kernel" --nocapture --test-threads 1 cuda
   step cuda_attention_backward "$BIN/attention_backward" --nocapture --test-threads 1 cuda
-  echo "=== attention benchmark (ours, then PyTorch)" | tee -a "$OUT/summary.txt"
-  "$BIN/attention-bench" --backend cuda --dtype bf16 2>&1 | tee "$OUT/bench_attention.md" | tee -a "$OUT/summary.txt"
-  python3 scripts/bench_attention_torch.py 2>&1 | tee -a "$OUT/bench_attention.md" | tee -a "$OUT/summary.txt"
-  echo "=== attention forward+backward benchmark (ours, then PyTorch)" | tee -a "$OUT/summary.txt"
-  timeout 240 "$BIN/attention-bench" --backend cuda --dtype bf16 --backward --iters 5 2>&1 | tee "$OUT/bench_attention_backward.md" | tee -a "$OUT/summary.txt"
-  python3 scripts/bench_attention_torch.py --backward --iters 10 2>&1 | tee -a "$OUT/bench_attention_backward.md" | tee -a "$OUT/summary.txt"
+  attention_benchmarks
   pack_logs
   exit $status
 fi
@@ -107,14 +112,10 @@ if [ -d .gl ]; then
   icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json; [ -f $icd ] && export VK_DRIVER_FILES=$icd
   MODERNBERT_MAX_LEN=600 step vulkan_attention_kernel "$BIN/attention_kernel" --nocapture --test-threads 1 wgpu
 fi
-echo "=== attention benchmark (ours, then PyTorch)" | tee -a "$OUT/summary.txt"
-"$BIN/attention-bench" --backend cuda --dtype bf16 2>&1 | tee "$OUT/bench_attention.md" | tee -a "$OUT/summary.txt"
+attention_benchmarks
+echo "=== the plain attention kernels" | tee -a "$OUT/summary.txt"
 MODERNBERT_ATTENTION_PATH=plain "$BIN/attention-bench" --backend cuda --dtype bf16 2>&1 | tee -a "$OUT/bench_attention.md" | tee -a "$OUT/summary.txt"
-python3 scripts/bench_attention_torch.py 2>&1 | tee -a "$OUT/bench_attention.md" | tee -a "$OUT/summary.txt"
-echo "=== attention forward+backward benchmark (ours, then PyTorch)" | tee -a "$OUT/summary.txt"
-timeout 240 "$BIN/attention-bench" --backend cuda --dtype bf16 --backward --iters 5 2>&1 | tee "$OUT/bench_attention_backward.md" | tee -a "$OUT/summary.txt"
 MODERNBERT_ATTENTION_PATH=plain timeout 240 "$BIN/attention-bench" --backend cuda --dtype bf16 --backward --iters 5 2>&1 | tee -a "$OUT/bench_attention_backward.md" | tee -a "$OUT/summary.txt"
-python3 scripts/bench_attention_torch.py --backward --iters 10 2>&1 | tee -a "$OUT/bench_attention_backward.md" | tee -a "$OUT/summary.txt"
 fi
 if [ "$PART" != kernels ]; then
 if [ -d .gl ] && [ -z "${VK_DRIVER_FILES:-}" ]; then

@@ -10,12 +10,10 @@ use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeRuntime;
 use cubecl::prelude::*;
 
-use crate::grid::linear_grid;
+use crate::grid::{linear_grid, widest_vector};
 
 /// Rows (token, head) per cube, one unit each.
 const UNITS: usize = 256;
-/// Widest vector read, in bytes.
-const MAX_VECTOR_BYTES: usize = 16;
 
 #[cube(launch)]
 fn attention_delta_kernel<F: Float, N: Size>(
@@ -62,12 +60,8 @@ pub(crate) fn attention_delta<R: CubeRuntime>(
     if rows == 0 {
         return delta;
     }
-    let max_vector = client.properties().hardware.max_vector_size as usize;
-    let vector = [8, 4, 2, 1]
-        .into_iter()
-        .find(|&v| v <= max_vector && head_dim % v == 0 && v * out.dtype.size() <= MAX_VECTOR_BYTES)
-        .unwrap_or(1);
     let dtype = out.dtype;
+    let vector = widest_vector(&client, head_dim, dtype);
     attention_delta_kernel::launch::<R>(
         &client,
         linear_grid(rows.div_ceil(UNITS)),

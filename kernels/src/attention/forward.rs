@@ -45,21 +45,25 @@ fn cmma_planes() -> usize {
     planes_override().unwrap_or(CMMA_PLANES)
 }
 
-/// What [`PLANES_ENV`] asks for: 2, 4 or 8 planes (anything else is reported once and
-/// ignored).
+/// What [`PLANES_ENV`] asks for: 2, 4 or 8 planes.
 fn planes_override() -> Option<usize> {
     static PLANES: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
-    *PLANES.get_or_init(|| match std::env::var(PLANES_ENV).as_deref() {
-        Ok("2") => Some(2),
-        Ok("4") => Some(4),
-        Ok("8") => Some(8),
-        Err(_) => None,
-        Ok(other) => {
-            eprintln!("{PLANES_ENV}={other:?} is not 2, 4 or 8; ignored");
+    *PLANES.get_or_init(|| tuning_count(PLANES_ENV, &[2, 4, 8]))
+}
+
+/// The count the tuning variable `name` asks for, if it is set to one of `allowed`
+/// (anything else is reported and ignored). Callers read it once.
+fn tuning_count(name: &str, allowed: &[usize]) -> Option<usize> {
+    let value = std::env::var(name).ok()?;
+    match value.parse::<usize>() {
+        Ok(count) if allowed.contains(&count) => Some(count),
+        _ => {
+            eprintln!("{name}={value:?} is not one of {allowed:?}; ignored");
             None
         }
-    })
+    }
 }
+
 /// Keys per tile of the tensor-core kernels.
 const CMMA_BLOCK_N: usize = 64;
 
@@ -83,14 +87,7 @@ impl MmaShape {
     /// a lower share of visible pairs.
     fn forward(windowed: bool, head_dim: usize) -> Self {
         static M_TILES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-        let m_tiles = *M_TILES.get_or_init(|| match std::env::var(M_TILES_ENV).as_deref() {
-            Ok("1") => 1,
-            Ok("2") | Err(_) => 2,
-            Ok(other) => {
-                eprintln!("{M_TILES_ENV}={other:?} is neither 1 nor 2; using 2");
-                2
-            }
-        });
+        let m_tiles = *M_TILES.get_or_init(|| tuning_count(M_TILES_ENV, &[1, 2]).unwrap_or(2));
         let m_tiles = if head_dim > 64 { 1 } else { m_tiles };
         let planes = match planes_override() {
             Some(planes) => planes,

@@ -19,6 +19,8 @@ use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeRuntime;
 use cubecl::prelude::*;
 
+use crate::grid::widest_vector;
+
 /// Above this many vectors per unit the register loops are no longer unrolled (rows wider
 /// than `256 · 8` vectors stay correct but spill to local memory).
 const UNROLL_LIMIT: usize = 8;
@@ -281,13 +283,7 @@ struct RowLayout {
 impl RowLayout {
     fn new<R: CubeRuntime>(client: &ComputeClient<R>, width: usize, dtype: DType) -> Self {
         let hardware = &client.properties().hardware;
-        // At most 16 bytes per load.
-        let vector = [8, 4, 2, 1]
-            .into_iter()
-            .find(|&v| {
-                v <= hardware.max_vector_size && v * dtype.size() <= 16 && width.is_multiple_of(v)
-            })
-            .unwrap_or(1);
+        let vector = widest_vector(client, width, dtype);
         let vectors = width / vector;
         let max_units = (hardware.max_units_per_cube as usize).clamp(1, 256);
         let max_units = 1 << max_units.ilog2();
