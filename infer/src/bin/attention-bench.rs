@@ -5,10 +5,18 @@
 //! plus backward (the backward recomputes QKᵀ and computes dP, dV, dQ, dK: 2.5× the
 //! forward, the convention FlashAttention and PyTorch benchmarks use).
 //! The `kernel` column says which of our kernels ran (`MODERNBERT_ATTENTION_PATH=plain`
-//! forces the plain ones); with `--backward` it reads `forward / backward`. With `--backward` the table also gives the memory the device pool
-//! holds after the pass, and a last row runs the decomposed reference (dense scores) at
-//! B=1 S=8192 for comparison. `scripts/bench_attention_torch.py [--backward]` prints
-//! PyTorch's figures for the same shapes.
+//! forces the plain ones); with `--backward` it reads `forward / backward`.
+//!
+//! With `--backward` every shape is timed twice (the `via` column):
+//! - `op`: the forward and then the backward for a given output gradient dO, through the
+//!   extension's ops on the plain backend: the work PyTorch's `out.backward(dO)` launches;
+//! - `autodiff`: under `Autodiff<B>`, `sum(out ∘ dO).backward()`, as training runs it (the
+//!   product, the sum and their gradients come on top).
+//!
+//! The table also gives the memory the device pool holds after the pass, and a last row runs
+//! the decomposed reference (dense scores) at B=1 S=8192 for comparison.
+//! `scripts/bench_attention_torch.py [--backward]` prints PyTorch's figures for the same
+//! shapes.
 
 use std::time::Instant;
 
@@ -77,7 +85,46 @@ fn gib(bytes: Option<u64>) -> String {
     })
 }
 
-/// One forward + backward of `sum(out ∘ dO)`, through our op or the decomposed reference.
+/// The op's arguments for sequences `cu` with the default scale, 1/√head_dim.
+fn meta<B: Backend>(cu: &CuSeqlens<B>, window: Option<usize>, head_dim: usize) -> VarlenMeta<'_> {
+    VarlenMeta {
+        offsets: cu.offsets(),
+        max_seqlen: cu.max_seqlen(),
+        window,
+        scale: 1.0 / (head_dim as f32).sqrt(),
+    }
+}
+
+/// One forward and the backward for the output gradient `d_out` through the extension's
+/// ops: what PyTorch's `out.backward(dO)` launches, with no graph around the op.
+fn op_forward_backward<B: Backend>(
+    [q, k, v, d_out]: &[Tensor<B, 3>; 4],
+    cu: &CuSeqlens<B>,
+    window: Option<usize>,
+) {
+    let meta = meta(cu, window, q.dims()[2]);
+    let float = |t: &Tensor<B, 3>| t.clone().into_primitive().tensor();
+    let (out, lse) = B::varlen_attention(
+        float(q),
+        float(k),
+        float(v),
+        cu.tensor().into_primitive(),
+        &meta,
+    );
+    B::varlen_attention_backward(
+        float(q),
+        float(k),
+        float(v),
+        out,
+        lse,
+        float(d_out),
+        cu.tensor().into_primitive(),
+        &meta,
+    );
+}
+
+/// One forward + backward of `sum(out ∘ dO)` under autodiff, through our op or the
+/// decomposed reference.
 fn forward_backward<B: Backend + burn::tensor::backend::AutodiffBackend>(
     [q, k, v, d_out]: &[Tensor<B, 3>; 4],
     cu: &CuSeqlens<B>,
@@ -86,12 +133,7 @@ fn forward_backward<B: Backend + burn::tensor::backend::AutodiffBackend>(
 ) -> Result<()> {
     let [q, k, v] = [q, k, v].map(|t| t.clone().require_grad());
     let out = if reference {
-        let meta = VarlenMeta {
-            offsets: cu.offsets(),
-            max_seqlen: cu.max_seqlen(),
-            window,
-            scale: 1.0 / (q.dims()[2] as f32).sqrt(),
-        };
+        let meta = meta(cu, window, q.dims()[2]);
         varlen_attention_reference(q.clone(), k.clone(), v.clone(), &meta).0
     } else {
         let options = VarlenAttentionOptions {
@@ -116,8 +158,8 @@ fn bench<B: Backend + DeviceMemory>(args: &Args, device: B::Device) -> Result<()
         "forward"
     };
     println!("{pass}");
-    println!("| shape | attention | dtype | kernel | ms | useful TFLOP/s | pool GiB |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("| shape | attention | via | dtype | kernel | ms | useful TFLOP/s | pool GiB |");
+    println!("|---|---|---|---|---|---|---|---|");
     let mut shapes = vec![
         (64usize, 512usize, None),
         (64, 512, Some(64)),
@@ -133,48 +175,58 @@ fn bench<B: Backend + DeviceMemory>(args: &Args, device: B::Device) -> Result<()
         let total = batch * seq;
         let random =
             || Tensor::<B, 3>::random([total, heads, head_dim], Distribution::Default, &device);
-        let [q, k, v, d_out] = [random(), random(), random(), random()];
-        let seconds = if args.backward {
-            type AD<B> = Autodiff<B>;
-            let lift = |t: &Tensor<B, 3>| Tensor::<AD<B>, 3>::from_inner(t.clone());
-            let inputs = [lift(&q), lift(&k), lift(&v), lift(&d_out)];
-            let cu = CuSeqlens::<AD<B>>::from_lengths(&vec![seq; batch], &device)
-                .context("cu_seqlens")?;
-            time::<B>(&device, args.iters, || {
-                forward_backward(&inputs, &cu, window, reference)
-            })?
-        } else {
-            let cu =
-                CuSeqlens::<B>::from_lengths(&vec![seq; batch], &device).context("cu_seqlens")?;
+        let inputs = [random(), random(), random(), random()];
+        let cu = CuSeqlens::<B>::from_lengths(&vec![seq; batch], &device).context("cu_seqlens")?;
+        let per_pair = if args.backward { 14.0 } else { 4.0 };
+        let flops = per_pair * (heads * head_dim) as f64 * batch as f64 * useful_pairs(seq, window);
+        let kind = window.map_or("global".to_string(), |w| format!("window ±{w}"));
+        let report = |via: &str, seconds: f64| {
+            let kernel = if reference {
+                "decomposed reference".to_string()
+            } else if args.backward {
+                format!(
+                    "{} / {}",
+                    kernel_name(last_kernel_path()),
+                    kernel_name(last_backward_kernel_path())
+                )
+            } else {
+                kernel_name(last_kernel_path()).to_string()
+            };
+            println!(
+                "| B={batch} S={seq} | {kind} | {via} | {dtype} | {kernel} | {:.3} | {:.1} | {} |",
+                seconds * 1e3,
+                flops / seconds / 1e12,
+                gib(B::reserved_bytes(&device)),
+            );
+        };
+        if !args.backward {
+            let [q, k, v, _] = &inputs;
             let options = VarlenAttentionOptions {
                 window,
                 scale: None,
             };
-            time::<B>(&device, args.iters, || {
+            let seconds = time::<B>(&device, args.iters, || {
                 varlen_attention(q.clone(), k.clone(), v.clone(), &cu, options)?;
                 Ok(())
-            })?
-        };
-        let per_pair = if args.backward { 14.0 } else { 4.0 };
-        let flops = per_pair * (heads * head_dim) as f64 * batch as f64 * useful_pairs(seq, window);
-        let kind = window.map_or("global".to_string(), |w| format!("window ±{w}"));
-        let kernel = if reference {
-            "decomposed reference".to_string()
-        } else if args.backward {
-            format!(
-                "{} / {}",
-                kernel_name(last_kernel_path()),
-                kernel_name(last_backward_kernel_path())
-            )
-        } else {
-            kernel_name(last_kernel_path()).to_string()
-        };
-        println!(
-            "| B={batch} S={seq} | {kind} | {dtype} | {kernel} | {:.3} | {:.1} | {} |",
-            seconds * 1e3,
-            flops / seconds / 1e12,
-            gib(B::reserved_bytes(&device)),
-        );
+            })?;
+            report("op", seconds);
+            continue;
+        }
+        if !reference {
+            let seconds = time::<B>(&device, args.iters, || {
+                op_forward_backward(&inputs, &cu, window);
+                Ok(())
+            })?;
+            report("op", seconds);
+        }
+        type AD<B> = Autodiff<B>;
+        let inputs = inputs.map(Tensor::<AD<B>, 3>::from_inner);
+        let cu = CuSeqlens::<AD<B>>::from_lengths(&vec![seq; batch], &device)
+            .context("cu_seqlens")?;
+        let seconds = time::<B>(&device, args.iters, || {
+            forward_backward(&inputs, &cu, window, reference)
+        })?;
+        report("autodiff", seconds);
     }
     Ok(())
 }

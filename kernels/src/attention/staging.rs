@@ -42,7 +42,10 @@ pub fn stage_rows<F: Float, N: Size>(
 /// A tile wholly before `end` (every tile but a sequence's last) takes whole vectors
 /// without a per-element choice: `first`, `rows` and `end` are the same for the whole cube,
 /// so the branch is uniform. There a unit's vectors are `units / (head_dim / vector)` rows
-/// apart in the same column, one multiply-add from the first's index each.
+/// apart in the same column, one multiply-add from the first's index each, and they are read
+/// without the launch's bounds check: every row lies before `end`, which is within the
+/// sequence (`cu_seqlens` is validated on the host against the tensors' shapes), and a
+/// checked read of an f16/bf16 vector would select zero element by element.
 #[cube]
 #[allow(clippy::too_many_arguments)]
 pub fn load_rows<F: Float, N: Size>(
@@ -69,7 +72,7 @@ pub fn load_rows<F: Float, N: Size>(
         let stride = row_step * heads * row_vectors;
         #[unroll]
         for i in 0..per_unit {
-            held[i] = src[base + i * stride];
+            held[i] = src.read_unchecked(base + i * stride);
         }
     } else {
         #[unroll]
