@@ -189,3 +189,59 @@ pub fn stage_row_values_pair(
         i += units;
     }
 }
+
+/// This unit's share of the per-row values `first .. first + rows` of one head of two
+/// `[total, heads]` f32 tensors (lse and D in the backward), in registers: row
+/// `unit + i · units` of `a` as element `2i`, of `b` as `2i + 1`, zeros at and past `end`.
+/// [`store_row_values_pair`] writes them to shared memory later, as [`load_rows`] and
+/// [`store_rows`] do for rows.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub fn load_row_values_pair(
+    a: &Tensor<f32>,
+    b: &Tensor<f32>,
+    start: usize,
+    first: usize,
+    end: usize,
+    head: usize,
+    heads: usize,
+    unit: usize,
+    #[comptime] rows: usize,
+    #[comptime] units: usize,
+) -> Array<f32> {
+    let per_unit = comptime!(rows.div_ceil(units));
+    let mut held = Array::<f32>::new(comptime!(2 * per_unit));
+    #[unroll]
+    for i in 0..per_unit {
+        let position = first + unit + i * units;
+        let mut av = 0.0;
+        let mut bv = 0.0;
+        if unit + i * units < rows && position < end {
+            av = a[(start + position) * heads + head];
+            bv = b[(start + position) * heads + head];
+        }
+        held[2 * i] = av;
+        held[2 * i + 1] = bv;
+    }
+    held
+}
+
+/// Writes what [`load_row_values_pair`] returned into the two tiles.
+#[cube]
+pub fn store_row_values_pair(
+    held: &Array<f32>,
+    a_tile: &mut SharedMemory<f32>,
+    b_tile: &mut SharedMemory<f32>,
+    unit: usize,
+    #[comptime] rows: usize,
+    #[comptime] units: usize,
+) {
+    #[unroll]
+    for i in 0..comptime!(rows.div_ceil(units)) {
+        let row = unit + i * units;
+        if row < rows {
+            a_tile[row] = held[2 * i];
+            b_tile[row] = held[2 * i + 1];
+        }
+    }
+}
