@@ -221,8 +221,8 @@ fn bench<B: Backend + DeviceMemory>(args: &Args, device: B::Device) -> Result<()
         }
         type AD<B> = Autodiff<B>;
         let inputs = inputs.map(Tensor::<AD<B>, 3>::from_inner);
-        let cu = CuSeqlens::<AD<B>>::from_lengths(&vec![seq; batch], &device)
-            .context("cu_seqlens")?;
+        let cu =
+            CuSeqlens::<AD<B>>::from_lengths(&vec![seq; batch], &device).context("cu_seqlens")?;
         let seconds = time::<B>(&device, args.iters, || {
             forward_backward(&inputs, &cu, window, reference)
         })?;

@@ -27,12 +27,10 @@ use cubecl::prelude::*;
 
 use super::kernel_cmma::{SMEM_ALIGN, TILE};
 use super::mma_tiles::{
-    accumulate_products, mask_scores, mma_cube, output_scratch, own_operands, scores,
-    staged_tile, write_rows, zero_accumulators, MMA_N,
+    accumulate_products, mask_scores, mma_cube, output_scratch, own_operands, scores, staged_tile,
+    write_rows, zero_accumulators, MMA_N,
 };
-use super::staging::{
-    load_row_values_pair, load_rows, store_row_values_pair, store_rows,
-};
+use super::staging::{load_row_values_pair, load_rows, store_row_values_pair, store_rows};
 
 /// `dQ` for a block of `16 · planes` queries per cube, key tiles of `block_n`.
 #[cube(launch, fast_math = FastMath::ReducedPrecision | FastMath::NotNaN | FastMath::NotInf)]
@@ -106,7 +104,16 @@ pub fn flash_attention_varlen_dq_mma_kernel<F: Float, I: Numeric, N: Size>(
     for tile in 0..tiles {
         let kb = block.k_lo + tile * block_n;
         let v_held = load_rows(
-            v, block.start, kb, block.k_hi, head, heads, cube.unit, block_n, head_dim, units,
+            v,
+            block.start,
+            kb,
+            block.k_hi,
+            head,
+            heads,
+            cube.unit,
+            block_n,
+            head_dim,
+            units,
         );
         // S, masked, then P = exp(S · scale − lse) in place.
         let mut ds = scores(&q_ops, &k_tile, block_n, head_dim, 1usize);
@@ -268,7 +275,16 @@ pub fn flash_attention_varlen_dkv_mma_kernel<F: Float, I: Numeric, N: Size>(
     for tile in 0..tiles {
         let qb = range.k_lo + tile * block_n;
         let do_held = load_rows(
-            d_out, range.start, qb, range.k_hi, head, heads, cube.unit, block_n, head_dim, units,
+            d_out,
+            range.start,
+            qb,
+            range.k_hi,
+            head,
+            heads,
+            cube.unit,
+            block_n,
+            head_dim,
+            units,
         );
         // Sᵀ → Pᵀ in place, rows = this plane's keys, columns = the queries.
         let mut p_t = scores(&k_ops, &q_tile, block_n, head_dim, 1usize);

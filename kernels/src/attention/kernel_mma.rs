@@ -38,7 +38,8 @@ use cubecl::prelude::*;
 
 use super::kernel_cmma::{row_max, row_sum, TILE};
 use super::mma_tiles::{
-    accumulate_products, mask_scores, mma_cube, output_scratch, own_operands, scores, staged_tile, write_rows, zero_accumulators, AccPair, MMA_N, QUAD,
+    accumulate_products, mask_scores, mma_cube, output_scratch, own_operands, scores, staged_tile,
+    write_rows, zero_accumulators, AccPair, MMA_N, QUAD,
 };
 use super::staging::{load_rows, store_rows};
 use super::tiling::NEG_BIG;
