@@ -11,7 +11,9 @@
 //! - `op`: the forward and then the backward for a given output gradient dO, through the
 //!   extension's ops on the plain backend: the work PyTorch's `out.backward(dO)` launches;
 //! - `autodiff`: under `Autodiff<B>`, `sum(out ∘ dO).backward()`, as training runs it (the
-//!   product, the sum and their gradients come on top).
+//!   product, the sum and their gradients come on top);
+//! - `seed only`: that product, sum and gradient alone, on a tracked tensor of the output's
+//!   shape (no attention): what `autodiff` pays on top of `op` to start the backward from dO.
 //!
 //! The table also gives the memory the device pool holds after the pass, and a last row runs
 //! the decomposed reference (dense scores) at B=1 S=8192 for comparison.
@@ -149,6 +151,21 @@ fn forward_backward<B: Backend + burn::tensor::backend::AutodiffBackend>(
     Ok(())
 }
 
+/// The `via` of the rows that time [`seed`].
+const SEED: &str = "seed only";
+
+/// `sum(out ∘ dO).backward()` for a tracked `out` alone: the start of [`forward_backward`]'s
+/// backward without the attention.
+fn seed<B: Backend + burn::tensor::backend::AutodiffBackend>(
+    out: &Tensor<B, 3>,
+    d_out: &Tensor<B, 3>,
+) -> Result<()> {
+    let out = out.clone().require_grad();
+    let grads = (out.clone() * d_out.clone()).sum().backward();
+    out.grad(&grads).context("missing gradient")?;
+    Ok(())
+}
+
 fn bench<B: Backend + DeviceMemory>(args: &Args, device: B::Device) -> Result<()> {
     let dtype = args.dtype;
     let (heads, head_dim) = (12, 64);
@@ -181,6 +198,11 @@ fn bench<B: Backend + DeviceMemory>(args: &Args, device: B::Device) -> Result<()
         let flops = per_pair * (heads * head_dim) as f64 * batch as f64 * useful_pairs(seq, window);
         let kind = window.map_or("global".to_string(), |w| format!("window ±{w}"));
         let report = |via: &str, seconds: f64| {
+            let tflops = if via == SEED {
+                "–".to_string()
+            } else {
+                format!("{:.1}", flops / seconds / 1e12)
+            };
             let kernel = if reference {
                 "decomposed reference".to_string()
             } else if args.backward {
@@ -193,9 +215,8 @@ fn bench<B: Backend + DeviceMemory>(args: &Args, device: B::Device) -> Result<()
                 kernel_name(last_kernel_path()).to_string()
             };
             println!(
-                "| B={batch} S={seq} | {kind} | {via} | {dtype} | {kernel} | {:.3} | {:.1} | {} |",
+                "| B={batch} S={seq} | {kind} | {via} | {dtype} | {kernel} | {:.3} | {tflops} | {} |",
                 seconds * 1e3,
-                flops / seconds / 1e12,
                 gib(B::reserved_bytes(&device)),
             );
         };
@@ -227,6 +248,11 @@ fn bench<B: Backend + DeviceMemory>(args: &Args, device: B::Device) -> Result<()
             forward_backward(&inputs, &cu, window, reference)
         })?;
         report("autodiff", seconds);
+        if !reference {
+            let [out, _, _, d_out] = &inputs;
+            let seconds = time::<B>(&device, args.iters, || seed(out, d_out))?;
+            report(SEED, seconds);
+        }
     }
     Ok(())
 }

@@ -14,10 +14,7 @@
 //!   `dV += Pᵀ·dO`, `dK += dSᵀ·Q`; at the end `dK · scale`.
 //!
 //! Because a score accumulator is the A operand of the next product, `P`, `Pᵀ` and `dS`,
-//! `dSᵀ` never leave registers. As in the forward, global loads are in flight while the
-//! tensor cores work: a tile's second operand (V, dO) is loaded while the first product
-//! runs, the next tile's first operand (K, Q with its lse and D) while the gradients are
-//! accumulated; shared memory holds one tile of each. The mask is symmetric, so a block of keys sees its range of
+//! `dSᵀ` never leave registers. The mask is symmetric, so a block of keys sees its range of
 //! queries exactly as a block of queries sees keys ([`query_block`]); tiles outside it are
 //! never loaded. Every `ldmatrix`/`mma` and barrier is reached by all lanes (the tile loop
 //! bound is uniform per cube); own rows past the sequence end are computed on zeros and
@@ -27,10 +24,10 @@ use cubecl::prelude::*;
 
 use super::kernel_cmma::{SMEM_ALIGN, TILE};
 use super::mma_tiles::{
-    accumulate_products, mask_scores, mma_cube, output_scratch, own_operands, scores, staged_tile,
-    write_rows, zero_accumulators, MMA_N,
+    accumulate_products, mask_scores, mma_cube, output_scratch, own_operands, scores,
+    stage_and_wait, staged_tile, write_rows, zero_accumulators, AccPair, MMA_N,
 };
-use super::staging::{load_row_values_pair, load_rows, store_row_values_pair, store_rows};
+use super::staging::{stage_row_values_pair, stage_rows};
 
 /// `dQ` for a block of `16 · planes` queries per cube, key tiles of `block_n`.
 #[cube(launch, fast_math = FastMath::ReducedPrecision | FastMath::NotNaN | FastMath::NotInf)]
@@ -53,7 +50,6 @@ pub fn flash_attention_varlen_dq_mma_kernel<F: Float, I: Numeric, N: Size>(
     #[define(F, I)] _dtypes: [StorageType; 2],
 ) {
     let window = window as usize;
-    let units = comptime!(32 * planes);
     let cube = mma_cube(cu_seqlens, q.shape(1), window, planes, 1usize, windowed);
     let block = cube.range.clone();
     let (g, head, heads, q0) = (cube.g, cube.head, cube.heads, cube.row0);
@@ -63,21 +59,6 @@ pub fn flash_attention_varlen_dq_mma_kernel<F: Float, I: Numeric, N: Size>(
     let mut v_tile = staged_tile::<F, N>(block_n, head_dim);
     let mut scratch = output_scratch(comptime!(TILE * planes), head_dim);
 
-    // K of the first tile, its loads issued first so that they land while Q and dO are
-    // staged; every iteration loads its V while the scores are computed and the next K while
-    // `dQ += dS·K` is (as the forward does).
-    let k_held = load_rows(
-        k,
-        block.start,
-        block.k_lo,
-        block.k_hi,
-        head,
-        heads,
-        cube.unit,
-        block_n,
-        head_dim,
-        units,
-    );
     // The plane's Q and dO rows as A operands.
     let q_ops = own_operands(q, &mut own_tile, &cube, head_dim, planes, 1usize);
     let do_ops = own_operands(d_out, &mut own_tile, &cube, head_dim, planes, 1usize);
@@ -97,14 +78,14 @@ pub fn flash_attention_varlen_dq_mma_kernel<F: Float, I: Numeric, N: Size>(
         }
     }
 
-    store_rows(&k_held, &mut k_tile, cube.unit, block_n, head_dim, units);
-    sync_cube();
     let mut dq_acc = zero_accumulators(head_dim);
     let tiles = (block.k_hi - block.k_lo).div_ceil(block_n);
     for tile in 0..tiles {
         let kb = block.k_lo + tile * block_n;
-        let v_held = load_rows(
-            v,
+        sync_cube(); // every plane is done with the previous tiles
+        stage_rows(
+            k,
+            &mut k_tile,
             block.start,
             kb,
             block.k_hi,
@@ -113,10 +94,21 @@ pub fn flash_attention_varlen_dq_mma_kernel<F: Float, I: Numeric, N: Size>(
             cube.unit,
             block_n,
             head_dim,
-            units,
+            comptime!(32 * planes),
         );
-        // S, masked, then P = exp(S · scale − lse) in place.
+        stage_and_wait(
+            v,
+            &mut v_tile,
+            &cube,
+            kb,
+            block.k_hi,
+            block_n,
+            head_dim,
+            planes,
+        );
+
         let mut ds = scores(&q_ops, &k_tile, block_n, head_dim, 1usize);
+        let dp = scores(&do_ops, &v_tile, block_n, head_dim, 1usize);
         mask_scores(
             &mut ds,
             q0 + cube.first_row,
@@ -132,51 +124,21 @@ pub fn flash_attention_varlen_dq_mma_kernel<F: Float, I: Numeric, N: Size>(
         for e in 0..comptime!(2usize) {
             #[unroll]
             for n in 0..comptime!(block_n / MMA_N) {
-                let acc = ds.index_mut(n);
-                let mut pair = acc[e];
+                let s_acc = ds.index(n);
+                let s_pair = s_acc[e];
+                let dp_acc = dp.index(n);
+                let dp_pair = dp_acc[e];
+                let mut pair = AccPair::new(0.0);
                 #[unroll]
                 for c in 0..comptime!(2usize) {
-                    pair[c] = fma(pair[c], scale, -row_lse[e]).exp();
+                    let p = fma(s_pair[c], scale, -row_lse[e]).exp();
+                    pair[c] = p * (dp_pair[c] - row_delta[e]);
                 }
+                let acc = ds.index_mut(n);
                 acc[e] = pair;
             }
         }
-        // Every plane is done with the previous V (the barrier that ended the last
-        // iteration): this one in, then dP and dS = P ∘ (dP − D) in place.
-        store_rows(&v_held, &mut v_tile, cube.unit, block_n, head_dim, units);
-        sync_cube();
-        let dp = scores(&do_ops, &v_tile, block_n, head_dim, 1usize);
-        #[unroll]
-        for e in 0..comptime!(2usize) {
-            #[unroll]
-            for n in 0..comptime!(block_n / MMA_N) {
-                let dp_pair = dp.index(n)[e];
-                let acc = ds.index_mut(n);
-                let mut pair = acc[e];
-                #[unroll]
-                for c in 0..comptime!(2usize) {
-                    pair[c] = pair[c] * (dp_pair[c] - row_delta[e]);
-                }
-                acc[e] = pair;
-            }
-        }
-        // The next K in flight (zeros past the last tile) while `dQ += dS·K`.
-        let k_held = load_rows(
-            k,
-            block.start,
-            kb + block_n,
-            block.k_hi,
-            head,
-            heads,
-            cube.unit,
-            block_n,
-            head_dim,
-            units,
-        );
         accumulate_products(&mut dq_acc, &ds, &k_tile, block_n, head_dim, 1usize);
-        sync_cube(); // every plane is done with K
-        store_rows(&k_held, &mut k_tile, cube.unit, block_n, head_dim, units);
-        sync_cube();
     }
 
     let mut row_scale = Array::<f32>::new(2usize);
@@ -215,7 +177,6 @@ pub fn flash_attention_varlen_dkv_mma_kernel<F: Float, I: Numeric, N: Size>(
     #[define(F, I)] _dtypes: [StorageType; 2],
 ) {
     let window = window as usize;
-    let units = comptime!(32 * planes);
     // The cube's own rows are keys; its range is the queries that see them.
     let cube = mma_cube(cu_seqlens, q.shape(1), window, planes, 1usize, windowed);
     let range = cube.range.clone();
@@ -228,54 +189,19 @@ pub fn flash_attention_varlen_dkv_mma_kernel<F: Float, I: Numeric, N: Size>(
     let mut delta_tile = SharedMemory::<f32>::new_aligned(block_n, SMEM_ALIGN);
     let mut scratch = output_scratch(comptime!(TILE * planes), head_dim);
 
-    // Q, lse and D of the first tile, their loads issued first so that they land while K and
-    // V are staged; every iteration loads its dO while the scores are computed and the next
-    // Q, lse and D while the gradients are accumulated.
-    let q_held = load_rows(
-        q,
-        range.start,
-        range.k_lo,
-        range.k_hi,
-        head,
-        heads,
-        cube.unit,
-        block_n,
-        head_dim,
-        units,
-    );
-    let values_held = load_row_values_pair(
-        lse,
-        delta,
-        range.start,
-        range.k_lo,
-        range.k_hi,
-        head,
-        heads,
-        cube.unit,
-        block_n,
-        units,
-    );
     // The plane's K and V rows as A operands.
     let k_ops = own_operands(k, &mut own_tile, &cube, head_dim, planes, 1usize);
     let v_ops = own_operands(v, &mut own_tile, &cube, head_dim, planes, 1usize);
 
-    store_rows(&q_held, &mut q_tile, cube.unit, block_n, head_dim, units);
-    store_row_values_pair(
-        &values_held,
-        &mut lse_tile,
-        &mut delta_tile,
-        cube.unit,
-        block_n,
-        units,
-    );
-    sync_cube();
     let mut dk_acc = zero_accumulators(head_dim);
     let mut dv_acc = zero_accumulators(head_dim);
     let tiles = (range.k_hi - range.k_lo).div_ceil(block_n);
     for tile in 0..tiles {
         let qb = range.k_lo + tile * block_n;
-        let do_held = load_rows(
-            d_out,
+        sync_cube(); // every plane is done with the previous tiles
+        stage_rows(
+            q,
+            &mut q_tile,
             range.start,
             qb,
             range.k_hi,
@@ -284,10 +210,36 @@ pub fn flash_attention_varlen_dkv_mma_kernel<F: Float, I: Numeric, N: Size>(
             cube.unit,
             block_n,
             head_dim,
-            units,
+            comptime!(32 * planes),
         );
-        // Sᵀ → Pᵀ in place, rows = this plane's keys, columns = the queries.
+        stage_row_values_pair(
+            lse,
+            delta,
+            &mut lse_tile,
+            &mut delta_tile,
+            range.start,
+            qb,
+            range.k_hi,
+            head,
+            heads,
+            cube.unit,
+            comptime!(32 * planes),
+            block_n,
+        );
+        stage_and_wait(
+            d_out,
+            &mut do_tile,
+            &cube,
+            qb,
+            range.k_hi,
+            block_n,
+            head_dim,
+            planes,
+        );
+
+        // Sᵀ → Pᵀ and dPᵀ → dSᵀ in place, rows = this plane's keys, columns = the queries.
         let mut p_t = scores(&k_ops, &q_tile, block_n, head_dim, 1usize);
+        let mut ds_t = scores(&v_ops, &do_tile, block_n, head_dim, 1usize);
         mask_scores(
             &mut p_t,
             k0 + cube.first_row,
@@ -303,75 +255,27 @@ pub fn flash_attention_varlen_dkv_mma_kernel<F: Float, I: Numeric, N: Size>(
         for e in 0..comptime!(2usize) {
             #[unroll]
             for n in 0..comptime!(block_n / MMA_N) {
-                let acc = p_t.index_mut(n);
-                let mut pair = acc[e];
+                let s_acc = p_t.index(n);
+                let s_pair = s_acc[e];
+                let dp_acc = ds_t.index(n);
+                let dp_pair = dp_acc[e];
+                let mut p_pair = AccPair::new(0.0);
+                let mut ds_pair = AccPair::new(0.0);
                 #[unroll]
                 for c in 0..comptime!(2usize) {
                     let column = n * MMA_N + 2 * t + c;
-                    pair[c] = fma(pair[c], scale, -lse_tile[column]).exp();
+                    let p = fma(s_pair[c], scale, -lse_tile[column]).exp();
+                    p_pair[c] = p;
+                    ds_pair[c] = p * (dp_pair[c] - delta_tile[column]);
                 }
-                acc[e] = pair;
+                let p_acc = p_t.index_mut(n);
+                p_acc[e] = p_pair;
+                let ds_acc = ds_t.index_mut(n);
+                ds_acc[e] = ds_pair;
             }
         }
-        // Every plane is done with the previous dO (the barrier that ended the last
-        // iteration): this one in, then dPᵀ → dSᵀ = Pᵀ ∘ (dPᵀ − D) in place.
-        store_rows(&do_held, &mut do_tile, cube.unit, block_n, head_dim, units);
-        sync_cube();
-        let mut ds_t = scores(&v_ops, &do_tile, block_n, head_dim, 1usize);
-        #[unroll]
-        for e in 0..comptime!(2usize) {
-            #[unroll]
-            for n in 0..comptime!(block_n / MMA_N) {
-                let p_pair = p_t.index(n)[e];
-                let acc = ds_t.index_mut(n);
-                let mut pair = acc[e];
-                #[unroll]
-                for c in 0..comptime!(2usize) {
-                    let column = n * MMA_N + 2 * t + c;
-                    pair[c] = p_pair[c] * (pair[c] - delta_tile[column]);
-                }
-                acc[e] = pair;
-            }
-        }
-        // The next Q, lse and D in flight (zeros past the last tile) while the gradients are
-        // accumulated.
-        let q_held = load_rows(
-            q,
-            range.start,
-            qb + block_n,
-            range.k_hi,
-            head,
-            heads,
-            cube.unit,
-            block_n,
-            head_dim,
-            units,
-        );
-        let values_held = load_row_values_pair(
-            lse,
-            delta,
-            range.start,
-            qb + block_n,
-            range.k_hi,
-            head,
-            heads,
-            cube.unit,
-            block_n,
-            units,
-        );
         accumulate_products(&mut dv_acc, &p_t, &do_tile, block_n, head_dim, 1usize);
         accumulate_products(&mut dk_acc, &ds_t, &q_tile, block_n, head_dim, 1usize);
-        sync_cube(); // every plane is done with Q, lse and D
-        store_rows(&q_held, &mut q_tile, cube.unit, block_n, head_dim, units);
-        store_row_values_pair(
-            &values_held,
-            &mut lse_tile,
-            &mut delta_tile,
-            cube.unit,
-            block_n,
-            units,
-        );
-        sync_cube();
     }
 
     let mut row_scale = Array::<f32>::new(2usize);

@@ -38,8 +38,8 @@ use cubecl::prelude::*;
 
 use super::kernel_cmma::{row_max, row_sum, TILE};
 use super::mma_tiles::{
-    accumulate_products, mask_scores, mma_cube, output_scratch, own_operands, scores, staged_tile,
-    write_rows, zero_accumulators, AccPair, MMA_N, QUAD,
+    accumulate_products, mask_scores, mma_cube, output_scratch, own_operands, scores,
+    stage_and_wait, staged_tile, write_rows, zero_accumulators, AccPair, MMA_N, QUAD,
 };
 use super::staging::{load_rows, store_rows};
 use super::tiling::NEG_BIG;
@@ -81,24 +81,19 @@ pub fn flash_attention_varlen_mma_kernel<F: Float, I: Numeric, N: Size>(
     let mut v_tile = staged_tile::<F, N>(block_n, head_dim);
     let mut scratch = output_scratch(block_m, head_dim);
 
-    // The plane's Q rows as A operands, and K of the first tile, its loads issued with Q's
-    // so that the cube waits on global memory once; every iteration loads the next K while
-    // it computes `P·V`.
-    let k_held = load_rows(
+    // The plane's Q rows as A operands, and K of the first tile; every iteration loads the
+    // next K while it computes `P·V`.
+    let q_ops = own_operands(q, &mut q_tile, &cube, head_dim, planes, m_tiles);
+    stage_and_wait(
         k,
-        block.start,
+        &mut k_tile,
+        &cube,
         block.k_lo,
         block.k_hi,
-        head,
-        heads,
-        unit,
         block_n,
         head_dim,
-        units,
+        planes,
     );
-    let q_ops = own_operands(q, &mut q_tile, &cube, head_dim, planes, m_tiles);
-    store_rows(&k_held, &mut k_tile, unit, block_n, head_dim, units);
-    sync_cube();
 
     let mut o_acc = zero_accumulators(comptime!(head_dim * m_tiles));
     // Softmax state of the lane's rows: the running max of the unscaled scores (shared by
