@@ -51,8 +51,13 @@ if [[ "$mode" == --install ]]; then
         updated=1
       fi
       DEBIAN_FRONTEND=noninteractive $command -qq >/dev/null
-    else
-      $command
+    elif ! $command; then
+      # A registry that lacks one of the crates the tool's own Cargo.lock pins (webpki-roots
+      # 1.0.11 on 2026-11-29) fails the --locked install: take the newest compatible
+      # versions it has instead.
+      [[ "$command" == *" --locked"* ]] || exit 1
+      echo "tools.sh: retrying without --locked: ${command/ --locked/}" >&2
+      ${command/ --locked/}
     fi
   done
   exec ./tools.sh
