@@ -13,9 +13,7 @@
 # the reference (f32, f16, bf16), forward and backward; our cuBLASLt matmul vs f64.
 # Benchmarks: GEMMs vs torch.matmul; attention forward and forward+backward vs SDPA and
 # FlexAttention (`kernels`); `modernbert bench` vs HF transformers (`e2e`).
-# Knobs: SKIP_GEMM_BENCH=1 and SKIP_WGPU_BENCH=1 leave those benchmarks out of `e2e`;
-# SKIP_TORCH_BENCH=1 leaves PyTorch out of the attention benchmarks (a second build in the
-# same call).
+# Knobs: SKIP_GEMM_BENCH=1 and SKIP_WGPU_BENCH=1 leave those benchmarks out of `e2e`.
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu-check}
 mkdir -p "$OUT"
@@ -82,10 +80,10 @@ fi
 attention_benchmarks() {
   echo "=== attention benchmark (ours, then PyTorch)" | tee -a "$OUT/summary.txt"
   "$BIN/attention-bench" --backend cuda --dtype bf16 2>&1 | tee -a "$OUT/bench_attention.md" | tee -a "$OUT/summary.txt"
-  [ -n "${SKIP_TORCH_BENCH:-}" ] || python3 scripts/bench_attention_torch.py 2>&1 | tee -a "$OUT/bench_attention.md" | tee -a "$OUT/summary.txt"
+  python3 scripts/bench_attention_torch.py 2>&1 | tee -a "$OUT/bench_attention.md" | tee -a "$OUT/summary.txt"
   echo "=== attention forward+backward benchmark (ours, then PyTorch)" | tee -a "$OUT/summary.txt"
   timeout 240 "$BIN/attention-bench" --backend cuda --dtype bf16 --backward --iters 10 2>&1 | tee -a "$OUT/bench_attention_backward.md" | tee -a "$OUT/summary.txt"
-  [ -n "${SKIP_TORCH_BENCH:-}" ] || python3 scripts/bench_attention_torch.py --backward --iters 10 2>&1 | tee -a "$OUT/bench_attention_backward.md" | tee -a "$OUT/summary.txt"
+  python3 scripts/bench_attention_torch.py --backward --iters 10 2>&1 | tee -a "$OUT/bench_attention_backward.md" | tee -a "$OUT/summary.txt"
 }
 if [ "$PART" = attention ]; then
   step cuda_attention_kernel "$BIN/attention_kernel" --nocapture --test-threads 1 cuda

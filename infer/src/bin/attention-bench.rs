@@ -151,9 +151,6 @@ fn forward_backward<B: Backend + burn::tensor::backend::AutodiffBackend>(
     Ok(())
 }
 
-/// The `via` of the rows that time [`seed`].
-const SEED: &str = "seed only";
-
 /// `sum(out ∘ dO).backward()` for a tracked `out` alone: the start of [`forward_backward`]'s
 /// backward without the attention.
 fn seed<B: Backend + burn::tensor::backend::AutodiffBackend>(
@@ -197,13 +194,17 @@ fn bench<B: Backend + DeviceMemory>(args: &Args, device: B::Device) -> Result<()
         let per_pair = if args.backward { 14.0 } else { 4.0 };
         let flops = per_pair * (heads * head_dim) as f64 * batch as f64 * useful_pairs(seq, window);
         let kind = window.map_or("global".to_string(), |w| format!("window ±{w}"));
-        let report = |via: &str, seconds: f64| {
-            let tflops = if via == SEED {
-                "–".to_string()
-            } else {
+        // `attention`: whether the timed pass ran attention (the seed alone does not, and has
+        // neither a kernel nor useful FLOPs).
+        let report = |via: &str, seconds: f64, attention: bool| {
+            let tflops = if attention {
                 format!("{:.1}", flops / seconds / 1e12)
+            } else {
+                "–".to_string()
             };
-            let kernel = if reference {
+            let kernel = if !attention {
+                "–".to_string()
+            } else if reference {
                 "decomposed reference".to_string()
             } else if args.backward {
                 format!(
@@ -230,7 +231,7 @@ fn bench<B: Backend + DeviceMemory>(args: &Args, device: B::Device) -> Result<()
                 varlen_attention(q.clone(), k.clone(), v.clone(), &cu, options)?;
                 Ok(())
             })?;
-            report("op", seconds);
+            report("op", seconds, true);
             continue;
         }
         if !reference {
@@ -238,7 +239,7 @@ fn bench<B: Backend + DeviceMemory>(args: &Args, device: B::Device) -> Result<()
                 op_forward_backward(&inputs, &cu, window);
                 Ok(())
             })?;
-            report("op", seconds);
+            report("op", seconds, true);
         }
         type AD<B> = Autodiff<B>;
         let inputs = inputs.map(Tensor::<AD<B>, 3>::from_inner);
@@ -247,11 +248,11 @@ fn bench<B: Backend + DeviceMemory>(args: &Args, device: B::Device) -> Result<()
         let seconds = time::<B>(&device, args.iters, || {
             forward_backward(&inputs, &cu, window, reference)
         })?;
-        report("autodiff", seconds);
+        report("autodiff", seconds, true);
         if !reference {
             let [out, _, _, d_out] = &inputs;
             let seconds = time::<B>(&device, args.iters, || seed(out, d_out))?;
-            report(SEED, seconds);
+            report("seed only", seconds, false);
         }
     }
     Ok(())
