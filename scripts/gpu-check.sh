@@ -83,11 +83,14 @@ attention_benchmarks() {
   python3 scripts/bench_attention_torch.py 2>&1 | tee -a "$OUT/bench_attention.md" | tee -a "$OUT/summary.txt"
   echo "=== attention forward+backward benchmark (ours, then PyTorch)" | tee -a "$OUT/summary.txt"
   timeout 240 "$BIN/attention-bench" --backend cuda --dtype bf16 --backward --iters 10 2>&1 | tee -a "$OUT/bench_attention_backward.md" | tee -a "$OUT/summary.txt"
+  echo "=== the same, deterministic (MODERNBERT_DETERMINISTIC=1)" | tee -a "$OUT/summary.txt"
+  MODERNBERT_DETERMINISTIC=1 timeout 240 "$BIN/attention-bench" --backend cuda --dtype bf16 --backward --iters 10 2>&1 | tee -a "$OUT/bench_attention_backward.md" | tee -a "$OUT/summary.txt"
   python3 scripts/bench_attention_torch.py --backward --iters 10 2>&1 | tee -a "$OUT/bench_attention_backward.md" | tee -a "$OUT/summary.txt"
 }
 if [ "$PART" = attention ]; then
   step cuda_attention_kernel "$BIN/attention_kernel" --nocapture --test-threads 1 cuda
   step cuda_attention_backward "$BIN/attention_backward" --nocapture --test-threads 1 cuda
+  MODERNBERT_DETERMINISTIC=1 step cuda_attention_backward_deterministic "$BIN/attention_backward" --nocapture --test-threads 1 cuda
   attention_benchmarks
   pack_logs
   exit $status
@@ -107,6 +110,7 @@ step cuda_stable_adamw "$BIN/stable_adamw" --nocapture --test-threads 1 cuda
 step cuda_attention_kernel "$BIN/attention_kernel" --nocapture --test-threads 1 cuda
 MODERNBERT_ATTENTION_PATH=plain step cuda_attention_kernel_plain "$BIN/attention_kernel" --nocapture --test-threads 1 cuda
 step cuda_attention_backward "$BIN/attention_backward" --nocapture --test-threads 1 cuda
+MODERNBERT_DETERMINISTIC=1 step cuda_attention_backward_deterministic "$BIN/attention_backward" --nocapture --test-threads 1 cuda
 MODERNBERT_ATTENTION_PATH=plain step cuda_attention_backward_plain "$BIN/attention_backward" --nocapture --test-threads 1 cuda
 # Our ops on Burn's fusion backend over Cuda (custom ops of the fusion stream).
 step cuda_fusion "$BIN/fusion" --nocapture --test-threads 1 cuda

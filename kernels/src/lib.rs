@@ -40,9 +40,9 @@ pub mod stable_adamw;
 pub use cublaslt::status as cublaslt_status;
 
 pub use attention::{
-    last_backward_kernel_path, last_kernel_path, varlen_attention, varlen_attention_packed,
-    AttentionError, CuSeqlens, KernelPath, VarlenAttentionOptions, VarlenAttentionOutput,
-    VarlenMeta,
+    deterministic, last_backward_kernel_path, last_kernel_path, set_deterministic,
+    varlen_attention, varlen_attention_packed, AttentionError, CuSeqlens, KernelPath,
+    VarlenAttentionOptions, VarlenAttentionOutput, VarlenMeta,
 };
 pub use cross_entropy::{cross_entropy, CrossEntropyError, CrossEntropyOutput};
 pub use geglu::{geglu, GegluError};

@@ -11,8 +11,8 @@ use modernbert::{Backend, Execution, LayerType, ModernBertConfig, ModernBertInpu
 use modernbert_kernels::attention::reference::varlen_attention_reference;
 use modernbert_kernels::attention::PATH_ENV;
 use modernbert_kernels::{
-    last_backward_kernel_path, last_kernel_path, varlen_attention, CuSeqlens, KernelPath,
-    VarlenAttentionOptions, VarlenMeta,
+    deterministic, last_backward_kernel_path, last_kernel_path, varlen_attention, CuSeqlens,
+    KernelPath, VarlenAttentionOptions, VarlenMeta,
 };
 
 use crate::compare::relative_error;
@@ -52,6 +52,16 @@ pub fn cuda_half_path() -> KernelPath {
         Ok("plain") => KernelPath::Plain,
         Ok("cmma") => KernelPath::TensorCore,
         _ => KernelPath::Mma,
+    }
+}
+
+/// The backward kernels f16/bf16 attention takes on Cuda: on sm80+ the mma kernel with the
+/// atomic dQ, or the deterministic mma pair under `set_deterministic` /
+/// `MODERNBERT_DETERMINISTIC=1`; or the ones `MODERNBERT_ATTENTION_PATH=cmma|plain` forces.
+pub fn cuda_half_backward_path() -> KernelPath {
+    match cuda_half_path() {
+        KernelPath::Mma if !deterministic() => KernelPath::MmaAtomicDq,
+        path => path,
     }
 }
 

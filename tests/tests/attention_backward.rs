@@ -4,8 +4,9 @@
 //! and off, several head dims; a finite-difference check in f64; and a whole model's
 //! parameter gradients, unpadded (our op) against padded (dense masks). Each kernel check
 //! also asserts which backward kernels ran: the plain ones on Wgpu (WGSL has no cmma) and
-//! for f32; the tensor-core ones for f16/bf16 on Cuda unless `MODERNBERT_ATTENTION_PATH=plain`
-//! forces the plain ones. (The path is recorded process-wide: run the Cuda tests with
+//! for f32; for f16/bf16 on Cuda the mma kernel with atomic dQ (the deterministic mma pair
+//! under `MODERNBERT_DETERMINISTIC=1`) unless `MODERNBERT_ATTENTION_PATH=cmma|plain` forces
+//! others. In deterministic mode two backward passes must agree bit for bit. (The path is recorded process-wide: run the Cuda tests with
 //! `--test-threads 1`, as `scripts/gpu-check.sh` does.)
 
 use burn::backend::Autodiff;
@@ -16,7 +17,7 @@ use modernbert_kernels::{
     varlen_attention, varlen_attention_packed, CuSeqlens, VarlenAttentionOptions,
 };
 #[cfg(feature = "cuda")]
-use modernbert_tests::attention::cuda_half_path;
+use modernbert_tests::attention::cuda_half_backward_path;
 use modernbert_tests::attention::{
     check_gradients, check_model_gradients, max_len_from_env, CASES,
 };
@@ -85,7 +86,7 @@ fn cuda_backward_kernels_match_reference_autodiff_bf16() {
         2e-2,
         max_len_from_env(600),
         CUDA_CASES,
-        Some(cuda_half_path()),
+        Some(cuda_half_backward_path()),
     );
 }
 
@@ -98,7 +99,7 @@ fn cuda_backward_kernels_match_reference_autodiff_f16() {
         2e-2,
         max_len_from_env(600),
         CUDA_CASES,
-        Some(cuda_half_path()),
+        Some(cuda_half_backward_path()),
     );
 }
 
@@ -213,4 +214,57 @@ fn wgpu_model_gradients_unpadded_match_padded() {
 #[test]
 fn cuda_model_gradients_unpadded_match_padded() {
     check_model_gradients::<Autodiff<burn::backend::Cuda>>(&Default::default(), 1e-4);
+}
+
+/// Deterministic mode (`set_deterministic(true)`) on Cuda, bf16: the deterministic kernels
+/// run, their gradients match the reference, and two backward passes over the same inputs
+/// give bitwise-equal gradients (what the atomic dQ does not promise). The mode in force
+/// before is restored at the end.
+#[cfg(feature = "cuda")]
+#[test]
+fn cuda_deterministic_backward_is_bitwise_reproducible() {
+    use burn::tensor::backend::Backend as _;
+    use modernbert_kernels::{deterministic, set_deterministic};
+    type B = Autodiff<burn::backend::Cuda>;
+    let before = deterministic();
+    set_deterministic(true);
+    let device = Default::default();
+    check_gradients::<B>(
+        &device,
+        DType::BF16,
+        2e-2,
+        max_len_from_env(600),
+        &[(64, None), (64, Some(64))],
+        Some(cuda_half_backward_path()),
+    );
+    let cu = CuSeqlens::<B>::from_lengths(&[600, 1, 333, 64], &device).unwrap();
+    let mut mismatches = Vec::new();
+    for window in [None, Some(64)] {
+        let shape = [cu.total(), 12, 64];
+        let random = || {
+            Tensor::<B, 3>::random(shape, Distribution::Normal(0.0, 1.0), &device).cast(DType::BF16)
+        };
+        let (q, k, v, d_out) = (random(), random(), random(), random());
+        let gradients = || {
+            let [q, k, v] = [&q, &k, &v].map(|t| t.clone().require_grad());
+            let options = VarlenAttentionOptions {
+                window,
+                scale: None,
+            };
+            let out = varlen_attention(q.clone(), k.clone(), v.clone(), &cu, options)
+                .unwrap()
+                .out;
+            let grads = (out * d_out.clone()).sum().backward();
+            [q, k, v].map(|t| t.grad(&grads).expect("gradient").into_data())
+        };
+        let (first, second) = (gradients(), gradients());
+        B::sync(&device).unwrap();
+        for (name, (a, b)) in ["dq", "dk", "dv"].iter().zip(first.iter().zip(&second)) {
+            if a.as_bytes() != b.as_bytes() {
+                mismatches.push(format!("window {window:?}: {name} differs between runs"));
+            }
+        }
+    }
+    set_deterministic(before);
+    assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
 }

@@ -19,12 +19,12 @@ use modernbert_kernels::{
     geglu, last_backward_kernel_path, last_kernel_path, layer_norm, matmul, stable_adamw_step,
     KernelPath, StableAdamWStep,
 };
-#[cfg(feature = "cuda")]
-use modernbert_tests::attention::cuda_half_path;
 use modernbert_tests::attention::{
     assert_no_failures, check_case, check_gradients, check_model_gradients, max_len_from_env,
     random_lengths, Case,
 };
+#[cfg(feature = "cuda")]
+use modernbert_tests::attention::{cuda_half_backward_path, cuda_half_path};
 use modernbert_tests::compare::relative_error;
 use modernbert_tests::random::{uniform_tensor, Rng};
 #[cfg(feature = "cuda")]
@@ -230,7 +230,7 @@ fn cuda_fused_attention_gradients_match_reference_autodiff() {
         2e-2,
         max_len,
         cases,
-        Some(cuda_half_path()),
+        Some(cuda_half_backward_path()),
     );
 }
 

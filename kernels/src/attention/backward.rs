@@ -1,14 +1,19 @@
-//! Launching the backward kernels on a CubeCL backend, both deterministic (no atomics):
-//! the tensor-core kernels (`kernel_backward_cmma.rs`) where the forward would take its
-//! tensor-core kernel (f16/bf16, a device with cmma, enough shared memory, see
-//! `forward.rs`), the plain ones (`kernel_backward.rs`) for every other dtype and device and
-//! when `MODERNBERT_ATTENTION_PATH=plain` (see [`PATH_ENV`](super::PATH_ENV)).
+//! Launching the backward kernels on a CubeCL backend: the `mma.sync` kernels
+//! (`kernel_backward_mma.rs`) where the forward would take its mma kernel, by default one
+//! kernel with dQ summed by f32 atomics, two deterministic ones under
+//! [`set_deterministic`](super::set_deterministic); else the tensor-core kernels
+//! (`kernel_backward_cmma.rs`) where the forward would take its tensor-core kernel (f16/bf16,
+//! a device with cmma, enough shared memory, see `forward.rs`), the plain ones
+//! (`kernel_backward.rs`) for every other dtype and device and when
+//! `MODERNBERT_ATTENTION_PATH=plain` (see [`PATH_ENV`](super::PATH_ENV)). The last two are
+//! deterministic (no atomics).
 
 use burn::tensor::{DType, Shape};
 use burn_cubecl::kernel::{cast, into_contiguous};
-use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
+use burn_cubecl::ops::numeric::{empty_device_contiguous_dtype, zeros_client};
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeRuntime;
+use cubecl::ir::{features::AtomicUsage, ElemType, FloatKind, StorageType, Type};
 use cubecl::prelude::*;
 
 use super::forward::{
@@ -23,7 +28,7 @@ use super::kernel_backward_mma::{
 };
 use super::kernel_cmma::{PAD, PAD_F32, SMEM_ALIGN, TILE};
 use super::passes::{head_dim_loop, staging_loop, walked_tiles, TilePasses};
-use super::{record_backward_kernel_path, KernelPath, VarlenMeta};
+use super::{deterministic, record_backward_kernel_path, KernelPath, VarlenMeta};
 
 /// Planes (warps) per cube of the tensor-core backward kernels: 16 own rows each, and tiles
 /// of `16 · planes` other rows.
@@ -36,15 +41,33 @@ const MMA_PLANES: usize = 4;
 const MMA_DQ_BLOCK_N: usize = 64;
 const MMA_DKV_BLOCK_N: usize = 32;
 
-/// Shared memory of the mma backward kernels in bytes, the larger of the two (see
-/// `kernel_backward_mma.rs`): the own rows' staging tile, two tiles of other rows in the
-/// 2-byte input dtype, lse and D, the f32 output scratch, each padded to the alignment.
+/// Shared memory of the mma backward kernels in bytes, the most any of them takes (see
+/// `kernel_backward_mma.rs`): the own rows' staging tile, two tiles of other rows and (with
+/// the fused dQ) the dS tile in the 2-byte input dtype, lse and D, the f32 output scratch,
+/// each padded to the alignment.
 fn mma_shared_bytes(head_dim: usize) -> usize {
     let block_m = TILE * MMA_PLANES;
     let tiles = (block_m + 2 * MMA_DQ_BLOCK_N.max(MMA_DKV_BLOCK_N)) * (head_dim + PAD) * 2;
+    let ds = MMA_DKV_BLOCK_N * (block_m + PAD) * 2;
     let row_values = 2 * MMA_DKV_BLOCK_N * 4;
     let scratch = block_m * (head_dim + PAD_F32) * 4;
-    tiles + row_values + scratch + 6 * SMEM_ALIGN
+    tiles + ds + row_values + scratch + 7 * SMEM_ALIGN
+}
+
+/// Widest f32 vector the device adds atomically (sm90: 4) that divides `head_dim`.
+fn atomic_vector<R: CubeRuntime>(client: &ComputeClient<R>, head_dim: usize) -> usize {
+    [4, 2]
+        .into_iter()
+        .find(|&width| {
+            let atomic = Type::new(StorageType::Atomic(ElemType::Float(FloatKind::F32)))
+                .with_vector_size(width);
+            head_dim % width == 0
+                && client
+                    .properties()
+                    .atomic_type_usage(atomic)
+                    .contains(AtomicUsage::Add)
+        })
+        .unwrap_or(1)
 }
 
 /// Shared memory of the tensor-core dK/dV kernel in bytes, the larger of the two (see
@@ -118,32 +141,49 @@ pub fn varlen_attention_backward<R: CubeRuntime>(
     };
     if let Some(vector) = mma_vector {
         let cube_dim = CubeDim::new_2d(32, MMA_PLANES as u32);
-        flash_attention_varlen_dq_mma_kernel::launch::<R>(
-            &client,
-            grid(TILE * MMA_PLANES),
-            cube_dim,
-            vector,
-            q.clone().into_tensor_arg(),
-            k.clone().into_tensor_arg(),
-            v.clone().into_tensor_arg(),
-            d_out.clone().into_tensor_arg(),
-            lse.clone().into_tensor_arg(),
-            delta.clone().into_tensor_arg(),
-            cu_seqlens.clone().into_tensor_arg(),
-            dq.clone().into_tensor_arg(),
-            scale,
-            window,
-            head_dim,
-            MMA_DQ_BLOCK_N,
-            MMA_PLANES,
-            windowed,
-            dtypes,
+        let fused_dq = !deterministic();
+        // With the fused dQ, the dK/dV kernel sums `dQ · scale` here in f32; else a
+        // placeholder it never touches.
+        let atomic_vector = atomic_vector(&client, head_dim);
+        let dq_sum = zeros_client(
+            client.clone(),
+            q.device.clone(),
+            Shape::new(if fused_dq {
+                [total, heads, head_dim]
+            } else {
+                [1, 1, atomic_vector]
+            }),
+            DType::F32,
         );
+        if !fused_dq {
+            flash_attention_varlen_dq_mma_kernel::launch::<R>(
+                &client,
+                grid(TILE * MMA_PLANES),
+                cube_dim,
+                vector,
+                q.clone().into_tensor_arg(),
+                k.clone().into_tensor_arg(),
+                v.clone().into_tensor_arg(),
+                d_out.clone().into_tensor_arg(),
+                lse.clone().into_tensor_arg(),
+                delta.clone().into_tensor_arg(),
+                cu_seqlens.clone().into_tensor_arg(),
+                dq.clone().into_tensor_arg(),
+                scale,
+                window,
+                head_dim,
+                MMA_DQ_BLOCK_N,
+                MMA_PLANES,
+                windowed,
+                dtypes,
+            );
+        }
         flash_attention_varlen_dkv_mma_kernel::launch::<R>(
             &client,
             grid(TILE * MMA_PLANES),
             cube_dim,
             vector,
+            atomic_vector,
             q.into_tensor_arg(),
             k.into_tensor_arg(),
             v.into_tensor_arg(),
@@ -153,14 +193,20 @@ pub fn varlen_attention_backward<R: CubeRuntime>(
             cu_seqlens.into_tensor_arg(),
             dk.clone().into_tensor_arg(),
             dv.clone().into_tensor_arg(),
+            dq_sum.clone().into_tensor_arg(),
             scale,
             window,
             head_dim,
             MMA_DKV_BLOCK_N,
             MMA_PLANES,
             windowed,
+            fused_dq,
             dtypes,
         );
+        if fused_dq {
+            record_backward_kernel_path(KernelPath::MmaAtomicDq);
+            return (cast(dq_sum, dq.dtype), dk, dv);
+        }
         record_backward_kernel_path(KernelPath::Mma);
         return (dq, dk, dv);
     }

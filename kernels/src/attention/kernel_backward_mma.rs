@@ -1,6 +1,5 @@
 //! The flash-attention backward kernels (cube code only) on `mma.sync` m16n8k16 with the
-//! element-wise work in registers: f16/bf16 inputs, f32 accumulators, CUDA sm80 and later;
-//! deterministic (each gradient row is owned by one plane, summed in a fixed order).
+//! element-wise work in registers: f16/bf16 inputs, f32 accumulators, CUDA sm80 and later.
 //!
 //! The products and the register layout are those of the forward (`mma_tiles.rs`): with
 //! `S = Q·Kᵀ`, `P = exp(S·scale − lse)` recomputed from the forward's log-sum-exp,
@@ -13,6 +12,15 @@
 //!   `Sᵀ = K·Qᵀ`, `dPᵀ = V·dOᵀ` (the per-query lse and D come from shared memory):
 //!   `dV += Pᵀ·dO`, `dK += dSᵀ·Q`; at the end `dK · scale`.
 //!
+//! Run as a pair they are deterministic: each gradient row is owned by one plane and summed
+//! in a fixed order. The default is the dK/dV kernel alone with `fused_dq`
+//! (FlashAttention-2's scheme, 5 products per tile pair instead of the pair's 7): it also
+//! writes `dSᵀ · scale` of each query tile to shared memory, query-major, and after a barrier
+//! plane `p` computes the partial `dQ` of query m-tile `p % 2` and half `p / 2` of `head_dim`
+//! over the cube's keys (`dS` from shared memory, `K` kept staged) into the f32 scratch, from
+//! which the cube adds it to an f32 `dQ` with coalesced vector atomics (4 floats each on
+//! sm90). Their order varies from run to run, so the last bits of `dQ` do too.
+//!
 //! Because a score accumulator is the A operand of the next product, `P`, `Pᵀ` and `dS`,
 //! `dSᵀ` never leave registers. The mask is symmetric, so a block of keys sees its range of
 //! queries exactly as a block of queries sees keys ([`query_block`]); tiles outside it are
@@ -22,10 +30,11 @@
 
 use cubecl::prelude::*;
 
-use super::kernel_cmma::{SMEM_ALIGN, TILE};
+use super::kernel_cmma::{PAD, PAD_F32, SMEM_ALIGN, TILE};
 use super::mma_tiles::{
-    accumulate_products, mask_scores, mma_cube, output_scratch, own_operands, scores,
-    stage_and_wait, staged_tile, write_rows, zero_accumulators, AccPair, MMA_N,
+    accumulate_block_products, accumulate_products, mask_scores, mma_cube, output_scratch,
+    own_operands, scores, stage_and_wait, staged_tile, tile_operand, write_rows, zero_accumulators,
+    AccPair, MmaCube, Pair, MMA_N,
 };
 use super::staging::{stage_row_values_pair, stage_rows};
 
@@ -158,7 +167,7 @@ pub fn flash_attention_varlen_dq_mma_kernel<F: Float, I: Numeric, N: Size>(
 /// `dK` and `dV` for a block of `16 · planes` keys per cube, query tiles of `block_n`.
 #[cube(launch, fast_math = FastMath::ReducedPrecision | FastMath::NotNaN | FastMath::NotInf)]
 #[allow(clippy::too_many_arguments)]
-pub fn flash_attention_varlen_dkv_mma_kernel<F: Float, I: Numeric, N: Size>(
+pub fn flash_attention_varlen_dkv_mma_kernel<F: Float, I: Numeric, N: Size, A: Size>(
     q: &Tensor<Vector<F, N>>, // [total, heads, head_dim], contiguous (as are all below)
     k: &Tensor<Vector<F, N>>, // [total, heads, head_dim]
     v: &Tensor<Vector<F, N>>, // [total, heads, head_dim]
@@ -168,12 +177,14 @@ pub fn flash_attention_varlen_dkv_mma_kernel<F: Float, I: Numeric, N: Size>(
     cu_seqlens: &Tensor<I>,   // [batch + 1]
     dk: &mut Tensor<Vector<F, N>>, // [total, heads, head_dim]
     dv: &mut Tensor<Vector<F, N>>, // [total, heads, head_dim]
+    dq_sum: &mut Tensor<Atomic<Vector<f32, A>>>, // [total, heads, head_dim], zeros (fused_dq)
     scale: f32,
     window: u32,
     #[comptime] head_dim: usize,
     #[comptime] block_n: usize,
     #[comptime] planes: usize,
     #[comptime] windowed: bool,
+    #[comptime] fused_dq: bool,
     #[define(F, I)] _dtypes: [StorageType; 2],
 ) {
     let window = window as usize;
@@ -188,10 +199,21 @@ pub fn flash_attention_varlen_dkv_mma_kernel<F: Float, I: Numeric, N: Size>(
     let mut lse_tile = SharedMemory::<f32>::new_aligned(block_n, SMEM_ALIGN);
     let mut delta_tile = SharedMemory::<f32>::new_aligned(block_n, SMEM_ALIGN);
     let mut scratch = output_scratch(comptime!(TILE * planes), head_dim);
+    let block_m = comptime!(TILE * planes);
+    // With `fused_dq`: `dSᵀ · scale` of the tile, query-major (`block_n` rows of the cube's
+    // `block_m` keys).
+    let mut ds_tile = SharedMemory::<F>::new_aligned(
+        comptime!(if fused_dq {
+            block_n * (block_m + PAD)
+        } else {
+            1
+        }),
+        SMEM_ALIGN,
+    );
 
-    // The plane's K and V rows as A operands.
-    let k_ops = own_operands(k, &mut own_tile, &cube, head_dim, planes, 1usize);
+    // The plane's K and V rows as A operands; K stays staged in `own_tile` (for `fused_dq`).
     let v_ops = own_operands(v, &mut own_tile, &cube, head_dim, planes, 1usize);
+    let k_ops = own_operands(k, &mut own_tile, &cube, head_dim, planes, 1usize);
 
     let mut dk_acc = zero_accumulators(head_dim);
     let mut dv_acc = zero_accumulators(head_dim);
@@ -274,8 +296,28 @@ pub fn flash_attention_varlen_dkv_mma_kernel<F: Float, I: Numeric, N: Size>(
                 ds_acc[e] = ds_pair;
             }
         }
+        if comptime!(fused_dq) {
+            store_scaled_transpose(&ds_t, scale, &mut ds_tile, &cube, block_n, block_m);
+        }
         accumulate_products(&mut dv_acc, &p_t, &do_tile, block_n, head_dim, 1usize);
         accumulate_products(&mut dk_acc, &ds_t, &q_tile, block_n, head_dim, 1usize);
+        if comptime!(fused_dq) {
+            sync_cube(); // every plane's dSᵀ is in `ds_tile`
+            add_dq_products(
+                &ds_tile,
+                &own_tile,
+                &mut scratch,
+                dq_sum,
+                &cube,
+                qb,
+                head_dim,
+                block_n,
+                planes,
+            );
+        }
+    }
+    if comptime!(fused_dq) {
+        sync_cube(); // every unit is done with the scratch's dQ
     }
 
     let mut row_scale = Array::<f32>::new(2usize);
@@ -301,4 +343,107 @@ pub fn flash_attention_varlen_dkv_mma_kernel<F: Float, I: Numeric, N: Size>(
         head_dim,
         1usize,
     );
+}
+
+/// Writes the plane's `dSᵀ` accumulators (rows = its 16 keys, columns = the tile's
+/// `block_n` queries) times `scale` to `ds_tile` transposed: row = query, column = the key's
+/// place among the cube's `block_m`.
+#[cube]
+fn store_scaled_transpose<F: Float>(
+    ds_t: &Sequence<Array<AccPair>>,
+    scale: f32,
+    ds_tile: &mut SharedMemory<F>,
+    cube: &MmaCube,
+    #[comptime] block_n: usize,
+    #[comptime] block_m: usize,
+) {
+    let stride = comptime!(block_m + PAD);
+    #[unroll]
+    for e in 0..comptime!(2usize) {
+        let key = cube.first_row + cube.g + 8 * e;
+        #[unroll]
+        for n in 0..comptime!(block_n / MMA_N) {
+            let pair = ds_t.index(n)[e];
+            #[unroll]
+            for c in 0..comptime!(2usize) {
+                let query = n * MMA_N + 2 * cube.t + c;
+                ds_tile[query * stride + key] = F::cast_from(pair[c] * scale);
+            }
+        }
+    }
+}
+
+/// `dQ += dS · K` for the query tile from `qb`, this cube's share: plane `p` computes query
+/// m-tile `p % (block_n / 16)` and its part of `head_dim` (the planes split the columns),
+/// over all the cube's keys (`dS` from `ds_tile`, `K` from `k_tile`), into the f32
+/// `scratch`; then every unit of the cube adds consecutive vectors of it to `dq_sum` with
+/// atomics (a plane's 32 lanes cover consecutive elements of a row), skipping queries at or
+/// past the range's end.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn add_dq_products<F: Float, N: Size, A: Size>(
+    ds_tile: &SharedMemory<F>,
+    k_tile: &SharedMemory<Vector<F, N>>,
+    scratch: &mut SharedMemory<f32>,
+    dq_sum: &mut Tensor<Atomic<Vector<f32, A>>>,
+    cube: &MmaCube,
+    qb: usize,
+    #[comptime] head_dim: usize,
+    #[comptime] block_n: usize,
+    #[comptime] planes: usize,
+) {
+    let block_m = comptime!(TILE * planes);
+    let m_tiles = comptime!(block_n / TILE);
+    let columns = comptime!(head_dim * m_tiles / planes);
+    let stride = comptime!(head_dim + PAD_F32);
+    let plane = UNIT_POS_Y as usize;
+    let m_tile = plane % m_tiles;
+    let first_column = (plane / m_tiles) * columns;
+    let mut acc = zero_accumulators(columns);
+    #[unroll]
+    for j in 0..comptime!(block_m / TILE) {
+        let mut a = Sequence::<Array<Pair<F>>>::new();
+        a.push(tile_operand(ds_tile, m_tile * TILE, j * TILE, block_m));
+        accumulate_block_products(
+            &mut acc,
+            &a,
+            k_tile,
+            j,
+            first_column,
+            columns,
+            head_dim,
+            1usize,
+        );
+    }
+    #[unroll]
+    for e in 0..comptime!(2usize) {
+        let row = m_tile * TILE + cube.g + 8 * e;
+        #[unroll]
+        for n in 0..comptime!(columns / MMA_N) {
+            let pair = acc.index(n)[e];
+            #[unroll]
+            for c in 0..comptime!(2usize) {
+                scratch[row * stride + first_column + n * MMA_N + 2 * cube.t + c] = pair[c];
+            }
+        }
+    }
+    sync_cube();
+    let range = &cube.range;
+    let vector = A::value();
+    #[unroll]
+    for i in 0..comptime!(block_n * head_dim / (32 * planes * vector)) {
+        let element = (i * comptime!(32 * planes) + cube.unit) * vector;
+        let row = element / head_dim;
+        let column = element % head_dim;
+        let query = qb + row;
+        if query < range.k_hi {
+            let index = ((range.start + query) * cube.heads + cube.head) * head_dim + column;
+            let mut value = Vector::<f32, A>::empty();
+            #[unroll]
+            for e in 0..vector {
+                value[e] = scratch[row * stride + column + e];
+            }
+            dq_sum[index / vector].fetch_add(value);
+        }
+    }
 }

@@ -307,16 +307,7 @@ pub fn accumulate_products<F: Float, N: Size>(
     #[comptime] head_dim: usize,
     #[comptime] m_tiles: usize,
 ) {
-    let def = MmaDefinition::<F, F, f32>::new(TILE, MMA_N, TILE);
-    let lane = UNIT_POS_X as usize;
-    let sub_row = lane % 8;
-    let matrix = lane / 8;
     let p_per_tile = comptime!(depth / MMA_N);
-    let acc_per_tile = comptime!(head_dim / MMA_N);
-    // B = the tile's rows j·16.. as k, transposed by `ldmatrix.trans`: matrix j holds rows +8
-    // if j is odd, columns +8 if j ≥ 2, so registers 0–1 serve columns 16·d2.. and 2–3 the
-    // next 8. The lane's address for block (0, 0), as in [`scores`].
-    let lane_offset = tile_offset::<N>((matrix % 2) * 8 + sub_row, (matrix / 2) * 8, head_dim);
     #[unroll]
     for j in 0..comptime!(depth / TILE) {
         let mut a = Sequence::<Array<Pair<F>>>::new();
@@ -327,25 +318,83 @@ pub fn accumulate_products<F: Float, N: Size>(
                 p.index(m * p_per_tile + 2 * j + 1),
             ));
         }
+        accumulate_block_products(acc, &a, b_tile, j, 0usize, head_dim, head_dim, m_tiles);
+    }
+}
+
+/// `acc += A·B` over one 16-row block `j` of a staged tile `B` (rows `16j..` as the depth),
+/// for the plane's A operands `a` (one per m-tile, the 16 columns of depth `16j..`) and the
+/// `columns` columns of `B` from `first_column` (both multiples of 16): one accumulator per 8
+/// of those columns per m-tile.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub fn accumulate_block_products<F: Float, N: Size>(
+    acc: &mut Sequence<Array<AccPair>>,
+    a: &Sequence<Array<Pair<F>>>,
+    b_tile: &SharedMemory<Vector<F, N>>,
+    #[comptime] j: usize,
+    first_column: usize,
+    #[comptime] columns: usize,
+    #[comptime] head_dim: usize,
+    #[comptime] m_tiles: usize,
+) {
+    let def = MmaDefinition::<F, F, f32>::new(TILE, MMA_N, TILE);
+    let lane = UNIT_POS_X as usize;
+    let sub_row = lane % 8;
+    let matrix = lane / 8;
+    let acc_per_tile = comptime!(columns / MMA_N);
+    // B = the tile's rows j·16.. as k, transposed by `ldmatrix.trans`: matrix j holds rows +8
+    // if j is odd, columns +8 if j ≥ 2, so registers 0–1 serve columns 16·d2.. and 2–3 the
+    // next 8. The lane's address for block (0, 0), as in [`scores`].
+    let lane_offset = tile_offset::<N>(
+        (matrix % 2) * 8 + sub_row,
+        first_column + (matrix / 2) * 8,
+        head_dim,
+    );
+    #[unroll]
+    for d2 in 0..comptime!(columns / TILE) {
+        let offset = lane_offset + block_offset::<N>(j, d2, head_dim);
+        let b = def.load_matrix::<Vector<F, N>, Const<2>>(
+            &b_tile.slice(offset, offset + 1),
+            MatrixIdent::B,
+            4usize,
+            true,
+        );
+        let b_low = register_pair(&b, 0usize);
+        let b_high = register_pair(&b, 1usize);
         #[unroll]
-        for d2 in 0..comptime!(head_dim / TILE) {
-            let offset = lane_offset + block_offset::<N>(j, d2, head_dim);
-            let b = def.load_matrix::<Vector<F, N>, Const<2>>(
-                &b_tile.slice(offset, offset + 1),
-                MatrixIdent::B,
-                4usize,
-                true,
-            );
-            let b_low = register_pair(&b, 0usize);
-            let b_high = register_pair(&b, 1usize);
-            #[unroll]
-            for m in 0..m_tiles {
-                let a_m = a.index(m);
-                def.execute_inplace(a_m, &b_low, acc.index_mut(m * acc_per_tile + 2 * d2));
-                def.execute_inplace(a_m, &b_high, acc.index_mut(m * acc_per_tile + 2 * d2 + 1));
-            }
+        for m in 0..m_tiles {
+            let a_m = a.index(m);
+            def.execute_inplace(a_m, &b_low, acc.index_mut(m * acc_per_tile + 2 * d2));
+            def.execute_inplace(a_m, &b_high, acc.index_mut(m * acc_per_tile + 2 * d2 + 1));
         }
     }
+}
+
+/// The A operand (16 × 16) of rows `row..row + 16`, columns `column..column + 16` of a
+/// scalar shared tile whose rows are `width + PAD` elements.
+#[cube]
+pub fn tile_operand<F: Float>(
+    tile: &SharedMemory<F>,
+    row: usize,
+    column: usize,
+    #[comptime] width: usize,
+) -> Array<Pair<F>> {
+    let def = MmaDefinition::<F, F, f32>::new(TILE, MMA_N, TILE);
+    let lane = UNIT_POS_X as usize;
+    // Matrix j: rows +8 if j is odd, columns +8 if j ≥ 2 (as in [`own_operands`]).
+    let matrix = lane / 8;
+    let offset = tile_offset::<Const<1>>(
+        row + (matrix % 2) * 8 + lane % 8,
+        column + (matrix / 2) * 8,
+        width,
+    );
+    def.load_matrix::<F, Const<2>>(
+        &tile.slice(offset, offset + 1),
+        MatrixIdent::A,
+        4usize,
+        false,
+    )
 }
 
 /// The f32 scratch of [`write_rows`]: `block_m` rows of `head_dim` (+ padding).

@@ -52,6 +52,55 @@ use crate::Backend;
 /// mma kernels; `plain` forces the plain ones.
 pub const PATH_ENV: &str = "MODERNBERT_ATTENTION_PATH";
 
+/// Environment variable that makes the attention backward deterministic when `1` (or
+/// `true`): the default for [`set_deterministic`], read when a backward first asks.
+pub const DETERMINISTIC_ENV: &str = "MODERNBERT_DETERMINISTIC";
+
+/// Whether the backward must be bitwise reproducible: 0 not yet decided (read
+/// [`DETERMINISTIC_ENV`]), 1 no, 2 yes.
+static DETERMINISTIC: AtomicU8 = AtomicU8::new(0);
+
+/// Makes the attention backward bitwise reproducible (`true`) or lets it take the fastest
+/// kernel (`false`, the default), process-wide, like PyTorch's
+/// `torch.use_deterministic_algorithms`. Only the `mma.sync` path (f16/bf16 on CUDA sm80+)
+/// differs: by default one kernel computes dQ, dK and dV and sums dQ across blocks of keys
+/// with f32 atomics, whose order varies; deterministic, it runs two kernels, each gradient
+/// summed in a fixed order (on the H200, 2–4% slower at 512 tokens and with a window, 2%
+/// faster for global attention over 8192, see BENCHMARKS.md). Every other path is
+/// deterministic anyway.
+pub fn set_deterministic(on: bool) {
+    DETERMINISTIC.store(if on { 2 } else { 1 }, Ordering::Relaxed);
+}
+
+/// Whether the attention backward is bitwise reproducible ([`set_deterministic`], else
+/// [`DETERMINISTIC_ENV`]; an unknown value of it is reported once on stderr and read as no).
+pub fn deterministic() -> bool {
+    match DETERMINISTIC.load(Ordering::Relaxed) {
+        1 => false,
+        2 => true,
+        _ => {
+            let on = match std::env::var(DETERMINISTIC_ENV).as_deref() {
+                Ok("1" | "true") => true,
+                Ok("0" | "false" | "") | Err(_) => false,
+                Ok(other) => {
+                    eprintln!(
+                        "{DETERMINISTIC_ENV}={other:?} is neither 1, true, 0 nor false; using 0"
+                    );
+                    false
+                }
+            };
+            // Decided once: a concurrent `set_deterministic` wins.
+            let _ = DETERMINISTIC.compare_exchange(
+                0,
+                if on { 2 } else { 1 },
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+            DETERMINISTIC.load(Ordering::Relaxed) == 2
+        }
+    }
+}
+
 /// Which CubeCL kernel computed an attention call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KernelPath {
@@ -60,8 +109,12 @@ pub enum KernelPath {
     /// cmma tiles (tensor cores), f16/bf16 inputs with f32 accumulation.
     TensorCore,
     /// `mma.sync` tiles with the element-wise work in registers (CUDA sm80+), f16/bf16
-    /// inputs with f32 accumulation.
+    /// inputs with f32 accumulation; in the backward, the deterministic pair of kernels.
     Mma,
+    /// The backward only: one `mma.sync` kernel for dQ, dK and dV, dQ summed across blocks
+    /// of keys with f32 atomics (the default where [`KernelPath::Mma`] applies; not bitwise
+    /// reproducible, see [`set_deterministic`]).
+    MmaAtomicDq,
 }
 
 /// The most recent CubeCL kernel path of one pass (forward or backward), process-wide.
@@ -78,6 +131,7 @@ impl PathRecord {
             KernelPath::Plain => 1,
             KernelPath::TensorCore => 2,
             KernelPath::Mma => 3,
+            KernelPath::MmaAtomicDq => 4,
         };
         self.0.store(code, Ordering::Relaxed);
     }
@@ -87,6 +141,7 @@ impl PathRecord {
             1 => Some(KernelPath::Plain),
             2 => Some(KernelPath::TensorCore),
             3 => Some(KernelPath::Mma),
+            4 => Some(KernelPath::MmaAtomicDq),
             _ => None,
         }
     }
