@@ -1,7 +1,7 @@
 //! Launching the backward kernels on a CubeCL backend: the `mma.sync` kernels
 //! (`kernel_backward_mma.rs`) where the forward would take its mma kernel, by default one
-//! kernel with dQ summed by f32 atomics, two deterministic ones under
-//! [`set_deterministic`](super::set_deterministic); else the tensor-core kernels
+//! kernel with dQ summed by f32 atomics (head_dim a multiple of 32), two deterministic ones
+//! under [`set_deterministic`](super::set_deterministic); else the tensor-core kernels
 //! (`kernel_backward_cmma.rs`) where the forward would take its tensor-core kernel (f16/bf16,
 //! a device with cmma, enough shared memory, see `forward.rs`), the plain ones
 //! (`kernel_backward.rs`) for every other dtype and device and when
@@ -52,6 +52,14 @@ fn mma_shared_bytes(head_dim: usize) -> usize {
     let row_values = 2 * MMA_DKV_BLOCK_N * 4;
     let scratch = block_m * (head_dim + PAD_F32) * 4;
     tiles + ds + row_values + scratch + 7 * SMEM_ALIGN
+}
+
+/// Whether the dK/dV kernel's fused dQ applies to `head_dim`: its planes split the columns
+/// of `dQ` in whole 16-column blocks (`kernel_backward_mma.rs`), so for head dims such as 48
+/// or 80 the deterministic pair runs instead.
+fn fused_dq_fits(head_dim: usize) -> bool {
+    let parts = MMA_PLANES / (MMA_DKV_BLOCK_N / TILE);
+    head_dim % (parts * TILE) == 0
 }
 
 /// Widest f32 vector the device adds atomically (sm90: 4) that divides `head_dim`.
@@ -141,7 +149,7 @@ pub fn varlen_attention_backward<R: CubeRuntime>(
     };
     if let Some(vector) = mma_vector {
         let cube_dim = CubeDim::new_2d(32, MMA_PLANES as u32);
-        let fused_dq = !deterministic();
+        let fused_dq = !deterministic() && fused_dq_fits(head_dim);
         // With the fused dQ, the dK/dV kernel sums `dQ · scale` here in f32; else a
         // placeholder it never touches.
         let atomic_vector = atomic_vector(&client, head_dim);
