@@ -55,9 +55,10 @@ pub fn cuda_half_path() -> KernelPath {
     }
 }
 
-/// The backward kernels f16/bf16 attention takes on Cuda for the tested head dims (multiples
-/// of 32): on sm80+ the mma kernel with the atomic dQ, or the deterministic mma pair under `set_deterministic` /
-/// `MODERNBERT_DETERMINISTIC=1`; or the ones `MODERNBERT_ATTENTION_PATH=cmma|plain` forces.
+/// The backward kernels f16/bf16 attention takes on Cuda for the tested head dims (multiples of
+/// 32): on sm80+ the mma kernel with the atomic dQ, or the deterministic mma pair under
+/// `set_deterministic` / `MODERNBERT_DETERMINISTIC=1`; or the ones
+/// `MODERNBERT_ATTENTION_PATH=cmma|plain` forces.
 pub fn cuda_half_backward_path() -> KernelPath {
     match cuda_half_path() {
         KernelPath::Mma if !deterministic() => KernelPath::MmaAtomicDq,

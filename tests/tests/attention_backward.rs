@@ -1,12 +1,12 @@
-//! Gradients of variable-length attention under `Autodiff`: our backward (the kernels on
-//! Wgpu/Cuda, the reference formulas on NdArray) against Burn's autodiff through the
-//! decomposed reference forward, on fresh random inputs each run (seed printed), window on
-//! and off, several head dims; a finite-difference check in f64; and a whole model's
-//! parameter gradients, unpadded (our op) against padded (dense masks). Each kernel check
-//! also asserts which backward kernels ran: the plain ones on Wgpu (WGSL has no cmma) and
-//! for f32; for f16/bf16 on Cuda the mma kernel with atomic dQ (the deterministic mma pair
-//! under `MODERNBERT_DETERMINISTIC=1`) unless `MODERNBERT_ATTENTION_PATH=cmma|plain` forces
-//! others. In deterministic mode two backward passes must agree bit for bit. (The path is recorded process-wide: run the Cuda tests with
+//! Gradients of variable-length attention under `Autodiff`: our backward (the kernels on Wgpu/Cuda,
+//! the reference formulas on NdArray) against Burn's autodiff through the decomposed reference
+//! forward, on fresh random inputs each run (seed printed), window on and off, several head dims; a
+//! finite-difference check in f64; and a whole model's parameter gradients, unpadded (our op)
+//! against padded (dense masks). Each kernel check also asserts which backward kernels ran: the
+//! plain ones on Wgpu (WGSL has no cmma) and for f32; for f16/bf16 on Cuda the mma kernel with
+//! atomic dQ (the deterministic mma pair under `MODERNBERT_DETERMINISTIC=1`) unless
+//! `MODERNBERT_ATTENTION_PATH=cmma|plain` forces others. In deterministic mode two backward passes
+//! must agree bit for bit. (The path is recorded process-wide: run the Cuda tests with
 //! `--test-threads 1`, as `scripts/gpu-check.sh` does.)
 
 use burn::backend::Autodiff;
