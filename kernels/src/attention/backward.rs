@@ -59,7 +59,7 @@ fn mma_shared_bytes(head_dim: usize) -> usize {
 /// or 80 the deterministic pair runs instead.
 fn fused_dq_fits(head_dim: usize) -> bool {
     let parts = MMA_PLANES / (MMA_DKV_BLOCK_N / TILE);
-    head_dim % (parts * TILE) == 0
+    head_dim.is_multiple_of(parts * TILE)
 }
 
 /// Widest f32 vector the device adds atomically (sm90: 4) that divides `head_dim`.
@@ -69,7 +69,7 @@ fn atomic_vector<R: CubeRuntime>(client: &ComputeClient<R>, head_dim: usize) -> 
         .find(|&width| {
             let atomic = Type::new(StorageType::Atomic(ElemType::Float(FloatKind::F32)))
                 .with_vector_size(width);
-            head_dim % width == 0
+            head_dim.is_multiple_of(width)
                 && client
                     .properties()
                     .atomic_type_usage(atomic)
@@ -119,9 +119,9 @@ pub fn varlen_attention_backward<R: CubeRuntime>(
             q.dtype,
         )
     };
-    let (dq, dk, dv) = (gradient(), gradient(), gradient());
+    let (dk, dv) = (gradient(), gradient());
     if total == 0 {
-        return (dq, dk, dv);
+        return (gradient(), dk, dv);
     }
     let (scale, window, windowed) = (
         meta.scale,
@@ -150,55 +150,37 @@ pub fn varlen_attention_backward<R: CubeRuntime>(
     if let Some(vector) = mma_vector {
         let cube_dim = CubeDim::new_2d(32, MMA_PLANES as u32);
         let fused_dq = !deterministic() && fused_dq_fits(head_dim);
-        // With the fused dQ, the dK/dV kernel sums `dQ · scale` here in f32; else a
-        // placeholder it never touches.
         let atomic_vector = atomic_vector(&client, head_dim);
-        let dq_sum = zeros_client(
-            client.clone(),
-            q.device.clone(),
-            Shape::new(if fused_dq {
-                [total, heads, head_dim]
-            } else {
-                [1, 1, atomic_vector]
-            }),
-            DType::F32,
-        );
-        if !fused_dq {
-            flash_attention_varlen_dq_mma_kernel::launch::<R>(
-                &client,
-                grid(TILE * MMA_PLANES),
-                cube_dim,
-                vector,
-                q.clone().into_tensor_arg(),
-                k.clone().into_tensor_arg(),
-                v.clone().into_tensor_arg(),
-                d_out.clone().into_tensor_arg(),
-                lse.clone().into_tensor_arg(),
-                delta.clone().into_tensor_arg(),
-                cu_seqlens.clone().into_tensor_arg(),
-                dq.clone().into_tensor_arg(),
-                scale,
-                window,
-                head_dim,
-                MMA_DQ_BLOCK_N,
-                MMA_PLANES,
-                windowed,
-                dtypes,
-            );
-        }
+        // With the fused dQ, the dK/dV kernel sums `dQ · scale` here in f32, from zeros;
+        // else it takes a placeholder it never touches.
+        let dq_sum = if fused_dq {
+            zeros_client(
+                client.clone(),
+                q.device.clone(),
+                Shape::new([total, heads, head_dim]),
+                DType::F32,
+            )
+        } else {
+            empty_device_contiguous_dtype(
+                client.clone(),
+                q.device.clone(),
+                Shape::new([1, 1, atomic_vector]),
+                DType::F32,
+            )
+        };
         flash_attention_varlen_dkv_mma_kernel::launch::<R>(
             &client,
             grid(TILE * MMA_PLANES),
             cube_dim,
             vector,
             atomic_vector,
-            q.into_tensor_arg(),
-            k.into_tensor_arg(),
-            v.into_tensor_arg(),
-            d_out.into_tensor_arg(),
-            lse.into_tensor_arg(),
-            delta.into_tensor_arg(),
-            cu_seqlens.into_tensor_arg(),
+            q.clone().into_tensor_arg(),
+            k.clone().into_tensor_arg(),
+            v.clone().into_tensor_arg(),
+            d_out.clone().into_tensor_arg(),
+            lse.clone().into_tensor_arg(),
+            delta.clone().into_tensor_arg(),
+            cu_seqlens.clone().into_tensor_arg(),
             dk.clone().into_tensor_arg(),
             dv.clone().into_tensor_arg(),
             dq_sum.clone().into_tensor_arg(),
@@ -213,11 +195,34 @@ pub fn varlen_attention_backward<R: CubeRuntime>(
         );
         if fused_dq {
             record_backward_kernel_path(KernelPath::MmaAtomicDq);
-            return (cast(dq_sum, dq.dtype), dk, dv);
+            return (cast(dq_sum, q.dtype), dk, dv);
         }
+        let dq = gradient();
+        flash_attention_varlen_dq_mma_kernel::launch::<R>(
+            &client,
+            grid(TILE * MMA_PLANES),
+            cube_dim,
+            vector,
+            q.into_tensor_arg(),
+            k.into_tensor_arg(),
+            v.into_tensor_arg(),
+            d_out.into_tensor_arg(),
+            lse.into_tensor_arg(),
+            delta.into_tensor_arg(),
+            cu_seqlens.into_tensor_arg(),
+            dq.clone().into_tensor_arg(),
+            scale,
+            window,
+            head_dim,
+            MMA_DQ_BLOCK_N,
+            MMA_PLANES,
+            windowed,
+            dtypes,
+        );
         record_backward_kernel_path(KernelPath::Mma);
         return (dq, dk, dv);
     }
+    let dq = gradient();
     let plan = if choice == PathChoice::Plain {
         None
     } else {
