@@ -42,14 +42,15 @@ const MMA_DQ_BLOCK_N: usize = 64;
 const MMA_DKV_BLOCK_N: usize = 32;
 
 /// Shared memory of the mma backward kernels in bytes, the most any of them takes (see
-/// `kernel_backward_mma.rs`): the own rows' staging tile, two tiles of other rows and (with
-/// the fused dQ) the dS tile in the 2-byte input dtype, lse and D, the f32 output scratch,
-/// each padded to the alignment.
+/// `kernel_backward_mma.rs`): the own rows' staging tile, two tiles of other rows (the dK/dV
+/// kernel double-buffers them) and (with the fused dQ) the dS tile in the 2-byte input dtype,
+/// lse and D (double-buffered), the f32 output scratch, each padded to the alignment.
 fn mma_shared_bytes(head_dim: usize) -> usize {
     let block_m = TILE * MMA_PLANES;
-    let tiles = (block_m + 2 * MMA_DQ_BLOCK_N.max(MMA_DKV_BLOCK_N)) * (head_dim + PAD) * 2;
+    let other_rows = (2 * MMA_DQ_BLOCK_N).max(4 * MMA_DKV_BLOCK_N);
+    let tiles = (block_m + other_rows) * (head_dim + PAD) * 2;
     let ds = MMA_DKV_BLOCK_N * (block_m + PAD) * 2;
-    let row_values = 2 * MMA_DKV_BLOCK_N * 4;
+    let row_values = 4 * MMA_DKV_BLOCK_N * 4;
     let scratch = block_m * (head_dim + PAD_F32) * 4;
     tiles + ds + row_values + scratch + 7 * SMEM_ALIGN
 }

@@ -17,7 +17,7 @@ use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeRuntime;
 use cubecl::features::{MmaConfig, Plane};
-use cubecl::ir::{ElemType, FloatKind, StorageType};
+use cubecl::ir::{BarrierLevel, ElemType, FloatKind, OpaqueType, StorageType};
 use cubecl::prelude::*;
 
 use super::kernel::flash_attention_varlen_kernel;
@@ -102,14 +102,42 @@ impl MmaShape {
         TILE * self.m_tiles * self.planes
     }
 
-    /// Shared memory in bytes (see `kernel_mma.rs`): the Q, K and V tiles in the 2-byte
-    /// input dtype, the f32 output scratch, each padded to its alignment.
+    /// Shared memory in bytes (see `kernel_mma.rs`): the Q tile and the double-buffered K and
+    /// V tiles in the 2-byte input dtype, the f32 output scratch, the barrier, each padded to
+    /// its alignment.
     fn shared_bytes(self, head_dim: usize) -> usize {
-        let tiles = (self.block_m() + 2 * CMMA_BLOCK_N) * (head_dim + PAD) * 2;
+        let tiles = (self.block_m() + 4 * CMMA_BLOCK_N) * (head_dim + PAD) * 2;
         let scratch = self.block_m() * (head_dim + PAD_F32) * 4;
-        tiles + scratch + 4 * 128
+        tiles + scratch + 5 * 128
+    }
+
+    /// Blocks of queries each cube walks: as many as [`MAX_BLOCKS_PER_CUBE`] while the
+    /// grid keeps [`MIN_CUBES_PER_SM`] cubes per streaming multiprocessor (a few waves, so
+    /// that the last one is not mostly idle), unless [`BLOCKS_ENV`] says otherwise.
+    fn blocks_per_cube<R: CubeRuntime>(self, client: &ComputeClient<R>, blocks: usize) -> usize {
+        static OVERRIDE: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+        if let Some(count) = *OVERRIDE.get_or_init(|| tuning_count(BLOCKS_ENV, &[1, 2, 4, 8])) {
+            return count;
+        }
+        let sms = client
+            .properties()
+            .hardware
+            .num_streaming_multiprocessors
+            .unwrap_or(1) as usize;
+        let mut count = MAX_BLOCKS_PER_CUBE;
+        while count > 1 && blocks.div_ceil(count) < MIN_CUBES_PER_SM * sms {
+            count /= 2;
+        }
+        count
     }
 }
+
+/// Most blocks of queries one cube of the mma forward walks ([`MmaShape::blocks_per_cube`]).
+const MAX_BLOCKS_PER_CUBE: usize = 4;
+/// Fewest cubes per streaming multiprocessor the mma forward's grid keeps.
+const MIN_CUBES_PER_SM: usize = 8;
+/// Overrides [`MmaShape::blocks_per_cube`] (1, 2, 4 or 8) for tuning runs of the benchmark.
+const BLOCKS_ENV: &str = "MODERNBERT_MMA_BLOCKS_PER_CUBE";
 /// Widest vector the tensor-core kernel moves to and from global memory (16 bytes of f16).
 const CMMA_MAX_VECTOR: usize = 8;
 
@@ -218,7 +246,9 @@ pub(crate) fn cmma_plan<R: CubeRuntime>(
 /// The vector width of an mma launch (forward or backward) for these inputs on this device,
 /// with `planes` planes per cube and `shared_bytes` of shared memory, or `None` where it
 /// cannot run: it needs `mma.sync` m16n8k16 with f32 accumulators and `ldmatrix` for the
-/// dtype, planes of exactly 32 lanes, and the cmma kernels' other conditions.
+/// dtype, planes of exactly 32 lanes, cube barriers and `cp.async` widths (4, 8 or 16 bytes:
+/// a vector of 2, 4 or 8 two-byte elements) for the asynchronous copies, and the cmma
+/// kernels' other conditions.
 pub(crate) fn mma_plan<R: CubeRuntime>(
     client: &ComputeClient<R>,
     dtype: DType,
@@ -237,8 +267,12 @@ pub(crate) fn mma_plan<R: CubeRuntime>(
         k: TILE as u32,
     };
     let matmul = &client.properties().features.matmul;
-    let usable =
-        matmul.mma.contains(&config) && matmul.ldmatrix.contains(&input) && plan.plane_dim == 32;
+    let barrier = OpaqueType::Barrier(BarrierLevel::Cube);
+    let usable = matmul.mma.contains(&config)
+        && matmul.ldmatrix.contains(&input)
+        && plan.plane_dim == 32
+        && matches!(plan.vector, 2 | 4 | 8)
+        && client.properties().supports_type(barrier);
     usable.then_some(plan.vector)
 }
 
@@ -300,9 +334,11 @@ pub fn varlen_attention_forward<R: CubeRuntime>(
         PathChoice::Cmma | PathChoice::Plain => None,
     };
     if let Some(vector) = mma_vector {
+        let blocks = meta.max_seqlen.div_ceil(shape.block_m());
+        let blocks_per_cube = shape.blocks_per_cube(&client, blocks * heads * batch);
         flash_attention_varlen_mma_kernel::launch::<R>(
             &client,
-            grid(shape.block_m()),
+            grid(shape.block_m() * blocks_per_cube),
             CubeDim::new_2d(32, shape.planes as u32),
             vector,
             q.into_tensor_arg(),
@@ -313,6 +349,7 @@ pub fn varlen_attention_forward<R: CubeRuntime>(
             lse.clone().into_tensor_arg(),
             meta.scale,
             meta.window.unwrap_or(0) as u32,
+            blocks_per_cube as u32,
             head_dim,
             CMMA_BLOCK_N,
             shape.planes,

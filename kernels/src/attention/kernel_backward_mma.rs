@@ -10,7 +10,9 @@
 //! - [`flash_attention_varlen_dkv_mma_kernel`]: a cube owns a block of keys (A operands of K
 //!   and V) and walks the query tiles that see them, with the transposed products
 //!   `Sᵀ = K·Qᵀ`, `dPᵀ = V·dOᵀ` (the per-query lse and D come from shared memory):
-//!   `dV += Pᵀ·dO`, `dK += dSᵀ·Q`; at the end `dK · scale`.
+//!   `dV += Pᵀ·dO`, `dK += dSᵀ·Q`; at the end `dK · scale`. Its query tiles (Q, dO, lse, D)
+//!   are double-buffered: the next one is copied in with `cp.async` (no registers) while
+//!   this one is worked on, and a cube barrier completes when the copies have landed.
 //!
 //! Run as a pair they are deterministic: each gradient row is owned by one plane and summed
 //! in a fixed order. The default is the dK/dV kernel alone with `fused_dq`
@@ -28,15 +30,16 @@
 //! bound is uniform per cube); own rows past the sequence end are computed on zeros and
 //! never written.
 
+use cubecl::prelude::barrier::Barrier;
 use cubecl::prelude::*;
 
 use super::kernel_cmma::{PAD, PAD_F32, SMEM_ALIGN, TILE};
 use super::mma_tiles::{
     accumulate_block_products, accumulate_products, mask_scores, mma_cube, output_scratch,
-    own_operands, scores, stage_and_wait, staged_tile, tile_operand, write_rows, zero_accumulators,
-    AccPair, MmaCube, Pair, MMA_N,
+    own_operands, scores, stage_and_wait, staged_tile, tile_operand, tile_vectors, write_rows,
+    zero_accumulators, AccPair, MmaCube, Pair, MMA_N,
 };
-use super::staging::{stage_row_values_pair, stage_rows};
+use super::staging::{copy_row_values_pair_async, copy_rows_async, stage_rows};
 
 /// `dQ` for a block of `16 · planes` queries per cube, key tiles of `block_n`.
 #[cube(launch, fast_math = FastMath::ReducedPrecision | FastMath::NotNaN | FastMath::NotInf)]
@@ -59,7 +62,15 @@ pub fn flash_attention_varlen_dq_mma_kernel<F: Float, I: Numeric, N: Size>(
     #[define(F, I)] _dtypes: [StorageType; 2],
 ) {
     let window = window as usize;
-    let cube = mma_cube(cu_seqlens, q.shape(1), window, planes, 1usize, windowed);
+    let cube = mma_cube(
+        cu_seqlens,
+        q.shape(1),
+        window,
+        CUBE_POS_X as usize,
+        planes,
+        1usize,
+        windowed,
+    );
     let block = cube.range.clone();
     let (g, head, heads, q0) = (cube.g, cube.head, cube.heads, cube.row0);
 
@@ -116,8 +127,8 @@ pub fn flash_attention_varlen_dq_mma_kernel<F: Float, I: Numeric, N: Size>(
             planes,
         );
 
-        let mut ds = scores(&q_ops, &k_tile, block_n, head_dim, 1usize);
-        let dp = scores(&do_ops, &v_tile, block_n, head_dim, 1usize);
+        let mut ds = scores(&q_ops, &k_tile, 0usize, block_n, head_dim, 1usize);
+        let dp = scores(&do_ops, &v_tile, 0usize, block_n, head_dim, 1usize);
         mask_scores(
             &mut ds,
             q0 + cube.first_row,
@@ -147,7 +158,7 @@ pub fn flash_attention_varlen_dq_mma_kernel<F: Float, I: Numeric, N: Size>(
                 acc[e] = pair;
             }
         }
-        accumulate_products(&mut dq_acc, &ds, &k_tile, block_n, head_dim, 1usize);
+        accumulate_products(&mut dq_acc, &ds, &k_tile, 0usize, block_n, head_dim, 1usize);
     }
 
     let mut row_scale = Array::<f32>::new(2usize);
@@ -189,15 +200,26 @@ pub fn flash_attention_varlen_dkv_mma_kernel<F: Float, I: Numeric, N: Size, A: S
 ) {
     let window = window as usize;
     // The cube's own rows are keys; its range is the queries that see them.
-    let cube = mma_cube(cu_seqlens, q.shape(1), window, planes, 1usize, windowed);
+    let cube = mma_cube(
+        cu_seqlens,
+        q.shape(1),
+        window,
+        CUBE_POS_X as usize,
+        planes,
+        1usize,
+        windowed,
+    );
     let range = cube.range.clone();
-    let (t, head, heads, k0) = (cube.t, cube.head, cube.heads, cube.row0);
+    let (t, k0) = (cube.t, cube.row0);
 
+    let units = comptime!(32 * planes);
     let mut own_tile = staged_tile::<F, N>(comptime!(TILE * planes), head_dim);
-    let mut q_tile = staged_tile::<F, N>(block_n, head_dim);
-    let mut do_tile = staged_tile::<F, N>(block_n, head_dim);
-    let mut lse_tile = SharedMemory::<f32>::new_aligned(block_n, SMEM_ALIGN);
-    let mut delta_tile = SharedMemory::<f32>::new_aligned(block_n, SMEM_ALIGN);
+    // Double buffers: the next query tile is copied in while this one is worked on.
+    let mut q_tiles = staged_tile::<F, N>(comptime!(2 * block_n), head_dim);
+    let mut do_tiles = staged_tile::<F, N>(comptime!(2 * block_n), head_dim);
+    let mut lse_tiles = SharedMemory::<f32>::new_aligned(comptime!(2 * block_n), SMEM_ALIGN);
+    let mut delta_tiles = SharedMemory::<f32>::new_aligned(comptime!(2 * block_n), SMEM_ALIGN);
+    let tile_vectors = tile_vectors::<N>(block_n, head_dim);
     let mut scratch = output_scratch(comptime!(TILE * planes), head_dim);
     let block_m = comptime!(TILE * planes);
     // With `fused_dq`: `dSᵀ · scale` of the tile, query-major (`block_n` rows of the cube's
@@ -210,6 +232,30 @@ pub fn flash_attention_varlen_dkv_mma_kernel<F: Float, I: Numeric, N: Size, A: S
         }),
         SMEM_ALIGN,
     );
+    // Completes a phase when every unit has arrived and the copies they committed have landed.
+    let copies = Barrier::shared(CUBE_DIM, UNIT_POS == 0);
+
+    // The first query tile's copies fly while K and V are staged.
+    let tiles = (range.k_hi - range.k_lo).div_ceil(block_n);
+    if tiles > 0 {
+        copy_query_tile_async(
+            q,
+            d_out,
+            lse,
+            delta,
+            &mut q_tiles,
+            &mut do_tiles,
+            &mut lse_tiles,
+            &mut delta_tiles,
+            0usize,
+            &cube,
+            range.k_lo,
+            block_n,
+            head_dim,
+            units,
+        );
+        copies.commit_copy_async();
+    }
 
     // The plane's K and V rows as A operands; K stays staged in `own_tile` (for `fused_dq`).
     let v_ops = own_operands(v, &mut own_tile, &cube, head_dim, planes, 1usize);
@@ -217,51 +263,37 @@ pub fn flash_attention_varlen_dkv_mma_kernel<F: Float, I: Numeric, N: Size, A: S
 
     let mut dk_acc = zero_accumulators(head_dim);
     let mut dv_acc = zero_accumulators(head_dim);
-    let tiles = (range.k_hi - range.k_lo).div_ceil(block_n);
     for tile in 0..tiles {
         let qb = range.k_lo + tile * block_n;
-        sync_cube(); // every plane is done with the previous tiles
-        stage_rows(
-            q,
-            &mut q_tile,
-            range.start,
-            qb,
-            range.k_hi,
-            head,
-            heads,
-            cube.unit,
-            block_n,
-            head_dim,
-            comptime!(32 * planes),
-        );
-        stage_row_values_pair(
-            lse,
-            delta,
-            &mut lse_tile,
-            &mut delta_tile,
-            range.start,
-            qb,
-            range.k_hi,
-            head,
-            heads,
-            cube.unit,
-            comptime!(32 * planes),
-            block_n,
-        );
-        stage_and_wait(
-            d_out,
-            &mut do_tile,
-            &cube,
-            qb,
-            range.k_hi,
-            block_n,
-            head_dim,
-            planes,
-        );
+        let half = tile % 2;
+        // This tile has landed, and every unit is done with the previous one (whose half of
+        // the buffers takes the next).
+        copies.arrive_and_wait();
+        if tile + 1 < tiles {
+            copy_query_tile_async(
+                q,
+                d_out,
+                lse,
+                delta,
+                &mut q_tiles,
+                &mut do_tiles,
+                &mut lse_tiles,
+                &mut delta_tiles,
+                1 - half,
+                &cube,
+                qb + block_n,
+                block_n,
+                head_dim,
+                units,
+            );
+            copies.commit_copy_async();
+        }
+        let tile_start = half * tile_vectors;
+        let row_values = half * block_n;
 
         // Sᵀ → Pᵀ and dPᵀ → dSᵀ in place, rows = this plane's keys, columns = the queries.
-        let mut p_t = scores(&k_ops, &q_tile, block_n, head_dim, 1usize);
-        let mut ds_t = scores(&v_ops, &do_tile, block_n, head_dim, 1usize);
+        let mut p_t = scores(&k_ops, &q_tiles, tile_start, block_n, head_dim, 1usize);
+        let mut ds_t = scores(&v_ops, &do_tiles, tile_start, block_n, head_dim, 1usize);
         mask_scores(
             &mut p_t,
             k0 + cube.first_row,
@@ -285,10 +317,10 @@ pub fn flash_attention_varlen_dkv_mma_kernel<F: Float, I: Numeric, N: Size, A: S
                 let mut ds_pair = AccPair::new(0.0);
                 #[unroll]
                 for c in 0..comptime!(2usize) {
-                    let column = n * MMA_N + 2 * t + c;
-                    let p = fma(s_pair[c], scale, -lse_tile[column]).exp();
+                    let column = row_values + n * MMA_N + 2 * t + c;
+                    let p = fma(s_pair[c], scale, -lse_tiles[column]).exp();
                     p_pair[c] = p;
-                    ds_pair[c] = p * (dp_pair[c] - delta_tile[column]);
+                    ds_pair[c] = p * (dp_pair[c] - delta_tiles[column]);
                 }
                 let p_acc = p_t.index_mut(n);
                 p_acc[e] = p_pair;
@@ -299,8 +331,24 @@ pub fn flash_attention_varlen_dkv_mma_kernel<F: Float, I: Numeric, N: Size, A: S
         if comptime!(fused_dq) {
             store_scaled_transpose(&ds_t, scale, &mut ds_tile, &cube, block_n, block_m);
         }
-        accumulate_products(&mut dv_acc, &p_t, &do_tile, block_n, head_dim, 1usize);
-        accumulate_products(&mut dk_acc, &ds_t, &q_tile, block_n, head_dim, 1usize);
+        accumulate_products(
+            &mut dv_acc,
+            &p_t,
+            &do_tiles,
+            tile_start,
+            block_n,
+            head_dim,
+            1usize,
+        );
+        accumulate_products(
+            &mut dk_acc,
+            &ds_t,
+            &q_tiles,
+            tile_start,
+            block_n,
+            head_dim,
+            1usize,
+        );
         if comptime!(fused_dq) {
             sync_cube(); // every plane's dSᵀ is in `ds_tile`
             add_dq_products(
@@ -342,6 +390,53 @@ pub fn flash_attention_varlen_dkv_mma_kernel<F: Float, I: Numeric, N: Size, A: S
         &cube,
         head_dim,
         1usize,
+    );
+}
+
+/// Issues the asynchronous copies of query tile `qb ..` (`block_n` rows, zeros past the
+/// range) of `Q`, `dO`, lse and D into half `half` (0 or 1) of the dK/dV kernel's double
+/// buffers.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn copy_query_tile_async<F: Float, N: Size>(
+    q: &Tensor<Vector<F, N>>,
+    d_out: &Tensor<Vector<F, N>>,
+    lse: &Tensor<f32>,
+    delta: &Tensor<f32>,
+    q_tiles: &mut SharedMemory<Vector<F, N>>,
+    do_tiles: &mut SharedMemory<Vector<F, N>>,
+    lse_tiles: &mut SharedMemory<f32>,
+    delta_tiles: &mut SharedMemory<f32>,
+    half: usize,
+    cube: &MmaCube,
+    qb: usize,
+    #[comptime] block_n: usize,
+    #[comptime] head_dim: usize,
+    #[comptime] units: usize,
+) {
+    let range = &cube.range;
+    let (start, end, head, heads, unit) =
+        (range.start, range.k_hi, cube.head, cube.heads, cube.unit);
+    let tile_start = half * tile_vectors::<N>(block_n, head_dim);
+    copy_rows_async(
+        q, q_tiles, tile_start, start, qb, end, head, heads, unit, block_n, head_dim, units,
+    );
+    copy_rows_async(
+        d_out, do_tiles, tile_start, start, qb, end, head, heads, unit, block_n, head_dim, units,
+    );
+    copy_row_values_pair_async(
+        lse,
+        delta,
+        lse_tiles,
+        delta_tiles,
+        half * block_n,
+        start,
+        qb,
+        end,
+        head,
+        heads,
+        unit,
+        block_n,
     );
 }
 
@@ -408,6 +503,7 @@ fn add_dq_products<F: Float, N: Size, A: Size>(
             &mut acc,
             &a,
             k_tile,
+            0usize,
             j,
             first_column,
             columns,

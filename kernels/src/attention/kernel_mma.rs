@@ -9,39 +9,45 @@
 //! sum are reduced over the 4 lanes that share it (`t`), with shuffles.
 //!
 //! A cube is `planes` planes of 32 lanes; plane `p` owns the `16 · m_tiles` query rows from
-//! `q0 + 16 · m_tiles · p` (two m-tiles up to head_dim 64, see `forward.rs`). Per cube:
-//! the Q block is staged once and kept as A operands (`ldmatrix`), and the first K tile is
-//! staged. Then, for every key tile of `block_n` keys the block can see (`tiling.rs`):
-//! 1. the loads of the tile's V are issued into registers;
-//! 2. each plane computes its `16 · m_tiles × block_n` scores into registers, B operands of K
-//!    read with `ldmatrix` once for all its m-tiles;
+//! `q0 + 16 · m_tiles · p` of each block of queries (two m-tiles up to head_dim 64, see
+//! `forward.rs`). A cube walks `blocks_per_cube` consecutive blocks of one sequence and head
+//! in turn, so that loading the next block overlaps this one's work (a window sees only
+//! three key tiles per block; alone, a block would wait for its Q, first K and V and its
+//! writes with nothing else to do). Everything is copied with `cp.async` into shared
+//! memory, one item ahead: while the cube works on a key tile, the next key tile (K and V,
+//! double-buffered), or the next block's Q and first key tile, are in flight. A cube barrier
+//! completes when an item's copies have landed and every unit is done with the previous
+//! item. For every block:
+//! 1. its Q rows are read as A operands (`ldmatrix`), after which the Q tile may take the
+//!    next block's;
+//! 2. for every key tile of `block_n` keys the block can see (`tiling.rs`), each plane
+//!    computes its `16 · m_tiles × block_n` scores into registers, B operands of K read
+//!    with `ldmatrix` once for all its m-tiles;
 //! 3. masks them (sequence, window) unless the whole tile is visible to the plane's rows
 //!    ([`mask_scores`]: only tiles at a sequence's end or a window's edge), raises
 //!    the running max `m` per row (on unscaled scores), rescales the running sum `l` and,
 //!    when a row of the plane raised its max, the output accumulators by
 //!    `exp((m_old − m_new) · scale)`, and takes `P = exp(S · scale − m · scale)`, one fused
 //!    multiply-add and one exponential each;
-//! 4. V goes to shared memory and the loads of the next K are issued; after a barrier,
-//!    `O += P·V`, B operands of V read with `ldmatrix.trans`; the next K goes to shared
-//!    memory, and a barrier.
+//! 4. `O += P·V`, B operands of V read with `ldmatrix.trans`.
 //!
-//! So global loads are in flight while the tensor cores work (shared memory holds one K and
-//! one V tile; zeros past the visible range). Exponentials use the fast `ex2`-based path:
-//! their arguments are ≤ 0 and the probabilities are narrowed to f16/bf16 anyway.
+//! Exponentials use the fast `ex2`-based path: their arguments are ≤ 0 and the probabilities
+//! are narrowed to f16/bf16 anyway.
 //!
-//! At the end each row is divided by its `l`, staged through an f32 scratch and written with
-//! vector stores; the log-sum-exp is `m · scale + ln l`. Every `ldmatrix`/`mma` is reached by all
-//! lanes of a plane (the tile loop bound is uniform per cube); rows past the sequence end are
-//! computed on zeros and never written.
+//! At the end of a block each row is divided by its `l`, staged through an f32 scratch and
+//! written with vector stores; the log-sum-exp is `m · scale + ln l`. Every `ldmatrix`/`mma`
+//! and barrier is reached by all lanes of a cube (the block and tile loop bounds are uniform
+//! per cube); rows past the sequence end are computed on zeros and never written.
 
+use cubecl::prelude::barrier::Barrier;
 use cubecl::prelude::*;
 
 use super::kernel_cmma::{row_max, row_sum, TILE};
 use super::mma_tiles::{
-    accumulate_products, mask_scores, mma_cube, output_scratch, own_operands, scores,
-    stage_and_wait, staged_tile, write_rows, zero_accumulators, AccPair, MMA_N, QUAD,
+    accumulate_products, mask_scores, mma_cube, output_scratch, scores, staged_operands,
+    staged_tile, tile_vectors, write_rows, zero_accumulators, AccPair, MmaCube, MMA_N, QUAD,
 };
-use super::staging::{load_rows, store_rows};
+use super::staging::copy_rows_async;
 use super::tiling::NEG_BIG;
 
 #[cube(launch, fast_math = FastMath::ReducedPrecision | FastMath::NotNaN | FastMath::NotInf)]
@@ -55,6 +61,7 @@ pub fn flash_attention_varlen_mma_kernel<F: Float, I: Numeric, N: Size>(
     lse: &mut Tensor<f32>,          // [total, heads], natural-log sum of exp(scores)
     scale: f32,
     window: u32,
+    blocks_per_cube: u32,
     #[comptime] head_dim: usize,
     #[comptime] block_n: usize,
     #[comptime] planes: usize,
@@ -69,163 +76,301 @@ pub fn flash_attention_varlen_mma_kernel<F: Float, I: Numeric, N: Size>(
     let lane_rows = comptime!(2 * m_tiles);
     let s_per_tile = comptime!(block_n / MMA_N);
     let o_per_tile = comptime!(head_dim / MMA_N);
+    let tile_vectors = tile_vectors::<N>(block_n, head_dim);
     let neg_big = f32::new(NEG_BIG);
     let window = window as usize;
-    let cube = mma_cube(cu_seqlens, q.shape(1), window, planes, m_tiles, windowed);
-    let block = cube.range.clone();
-    let (g, unit) = (cube.g, cube.unit);
-    let (head, heads, q0, first_row) = (cube.head, cube.heads, cube.row0, cube.first_row);
+    let heads = q.shape(1);
+    let first_block = CUBE_POS_X as usize * blocks_per_cube as usize;
 
     let mut q_tile = staged_tile::<F, N>(block_m, head_dim);
-    let mut k_tile = staged_tile::<F, N>(block_n, head_dim);
-    let mut v_tile = staged_tile::<F, N>(block_n, head_dim);
+    // Double buffers: key tile `i` of the cube's walk is in half `i % 2`.
+    let mut k_tiles = staged_tile::<F, N>(comptime!(2 * block_n), head_dim);
+    let mut v_tiles = staged_tile::<F, N>(comptime!(2 * block_n), head_dim);
     let mut scratch = output_scratch(block_m, head_dim);
+    // Completes a phase when every unit has arrived and the copies they committed have landed.
+    let copies = Barrier::shared(CUBE_DIM, UNIT_POS == 0);
 
-    // The plane's Q rows as A operands, and K of the first tile; every iteration loads the
-    // next K while it computes `P·V`.
-    let q_ops = own_operands(q, &mut q_tile, &cube, head_dim, planes, m_tiles);
-    stage_and_wait(
-        k,
-        &mut k_tile,
-        &cube,
-        block.k_lo,
-        block.k_hi,
-        block_n,
-        head_dim,
+    // The first block's Q and first key tile.
+    let first = mma_cube(
+        cu_seqlens,
+        heads,
+        window,
+        first_block,
         planes,
+        m_tiles,
+        windowed,
     );
-
-    let mut o_acc = zero_accumulators(comptime!(head_dim * m_tiles));
-    // Softmax state of the lane's rows: the running max of the unscaled scores (shared by
-    // the row's 4 lanes) and this lane's partial sum over its columns.
-    let mut m = Array::<f32>::new(lane_rows);
-    let mut l = Array::<f32>::new(lane_rows);
-    #[unroll]
-    for r in 0..lane_rows {
-        m[r] = neg_big;
-        l[r] = 0.0;
-    }
-
-    let tiles = (block.k_hi - block.k_lo).div_ceil(block_n);
-    for tile in 0..tiles {
-        let kb = block.k_lo + tile * block_n;
-        // V of this tile, in flight while the scores are computed.
-        let v_held = load_rows(
+    if first.range.k_lo < first.range.k_hi {
+        copy_block_start_async(
+            q,
+            k,
             v,
-            block.start,
-            kb,
-            block.k_hi,
-            head,
-            heads,
-            unit,
+            &mut q_tile,
+            &mut k_tiles,
+            &mut v_tiles,
+            0usize,
+            &first,
+            block_m,
             block_n,
             head_dim,
             units,
         );
-        let mut s_acc = scores(&q_ops, &k_tile, block_n, head_dim, m_tiles);
-
-        // Scores hidden by the mask to NEG_BIG (tiles at a sequence's end or a window's
-        // edge only); each row's max over this tile (its 4 lanes together), unscaled.
-        mask_scores(
-            &mut s_acc,
-            q0 + first_row,
-            block.len,
-            kb,
-            block.k_hi,
+        copies.commit_copy_async();
+    }
+    // The half of the key tile the cube works on next.
+    let mut half = 0usize;
+    for b in 0..blocks_per_cube as usize {
+        let cube = mma_cube(
+            cu_seqlens,
+            heads,
             window,
-            block_n,
+            first_block + b,
+            planes,
             m_tiles,
             windowed,
         );
-        let mut tile_max = Array::<f32>::new(lane_rows);
-        #[unroll]
-        for r in 0..lane_rows {
-            let mut row_tile_max = neg_big;
-            #[unroll]
-            for n in 0..s_per_tile {
-                let acc = s_acc.index(comptime!((r / 2) * s_per_tile + n));
-                let pair = acc[comptime!(r % 2)];
-                row_tile_max = max(row_tile_max, max(pair[0usize], pair[1usize]));
-            }
-            tile_max[r] = row_max(row_tile_max, QUAD);
-        }
+        let block = cube.range.clone();
+        let (g, head, q0, first_row) = (cube.g, cube.head, cube.row0, cube.first_row);
+        let tiles = (block.k_hi - block.k_lo).div_ceil(block_n);
+        // Blocks past the sequence end see no keys (uniform over the cube), nor do later ones.
+        if tiles > 0 {
+            // The next block, whose Q and first key tile follow this block's last key tile.
+            let next = mma_cube(
+                cu_seqlens,
+                heads,
+                window,
+                first_block + b + 1,
+                planes,
+                m_tiles,
+                windowed,
+            );
+            let next_starts = b + 1 < blocks_per_cube as usize && next.range.k_lo < next.range.k_hi;
 
-        // Online softmax: raise the max, rescale l (and O, below), P = exp((S − m) · scale).
-        // A row that has seen nothing yet keeps m = NEG_BIG; it subtracts 0 instead, so its
-        // masked scores still give exp(NEG_BIG · scale) = 0.
-        let mut correction = Array::<f32>::new(lane_rows);
-        let mut raised = false;
-        #[unroll]
-        for r in 0..lane_rows {
-            let e = comptime!(r % 2);
-            let m_new = max(tile_max[r], m[r]);
-            raised = raised || m_new > m[r];
-            // 0 for rows that saw nothing before (m = NEG_BIG), 1 while the max holds.
-            correction[r] = ((m[r] - m_new) * scale).exp();
-            m[r] = m_new;
-            let m_scaled = select(m_new == neg_big, 0.0, m_new * scale);
-            let mut row_sum_part = l[r] * correction[r];
-            #[unroll]
-            for n in 0..s_per_tile {
-                let acc = s_acc.index_mut(comptime!((r / 2) * s_per_tile + n));
-                let mut pair = acc[e];
-                #[unroll]
-                for c in 0..comptime!(2usize) {
-                    let p = fma(pair[c], scale, -m_scaled).exp();
-                    row_sum_part += p;
-                    pair[c] = p;
-                }
-                acc[e] = pair;
-            }
-            l[r] = row_sum_part;
-        }
-        // O only when a row of the plane raised its max (a vote, uniform over the plane):
-        // past the first tiles most rows keep theirs, and every correction is then 1.
-        if plane_any(raised) {
+            // The block's Q (and first key tile) have landed: its rows as A operands, then
+            // every plane has them and the Q tile is free for the next block's.
+            copies.arrive_and_wait();
+            let q_ops = staged_operands(&q_tile, &cube, head_dim, m_tiles);
+            sync_cube();
+
+            let mut o_acc = zero_accumulators(comptime!(head_dim * m_tiles));
+            // Softmax state of the lane's rows: the running max of the unscaled scores (shared
+            // by the row's 4 lanes) and this lane's partial sum over its columns.
+            let mut m = Array::<f32>::new(lane_rows);
+            let mut l = Array::<f32>::new(lane_rows);
             #[unroll]
             for r in 0..lane_rows {
+                m[r] = neg_big;
+                l[r] = 0.0;
+            }
+
+            for tile in 0..tiles {
+                let kb = block.k_lo + tile * block_n;
+                if tile > 0 {
+                    // This key tile has landed; every unit is done with the previous one.
+                    copies.arrive_and_wait();
+                }
+                // The next item's copies, into the other half.
+                if tile + 1 < tiles {
+                    copy_rows_async(
+                        k,
+                        &mut k_tiles,
+                        (1 - half) * tile_vectors,
+                        block.start,
+                        kb + block_n,
+                        block.k_hi,
+                        head,
+                        heads,
+                        cube.unit,
+                        block_n,
+                        head_dim,
+                        units,
+                    );
+                    copy_rows_async(
+                        v,
+                        &mut v_tiles,
+                        (1 - half) * tile_vectors,
+                        block.start,
+                        kb + block_n,
+                        block.k_hi,
+                        head,
+                        heads,
+                        cube.unit,
+                        block_n,
+                        head_dim,
+                        units,
+                    );
+                } else if next_starts {
+                    copy_block_start_async(
+                        q,
+                        k,
+                        v,
+                        &mut q_tile,
+                        &mut k_tiles,
+                        &mut v_tiles,
+                        1 - half,
+                        &next,
+                        block_m,
+                        block_n,
+                        head_dim,
+                        units,
+                    );
+                }
+                copies.commit_copy_async();
+                let tile_start = half * tile_vectors;
+                half = 1 - half;
+
+                let mut s_acc = scores(&q_ops, &k_tiles, tile_start, block_n, head_dim, m_tiles);
+                // Scores hidden by the mask to NEG_BIG (tiles at a sequence's end or a window's
+                // edge only); each row's max over this tile (its 4 lanes together), unscaled.
+                mask_scores(
+                    &mut s_acc,
+                    q0 + first_row,
+                    block.len,
+                    kb,
+                    block.k_hi,
+                    window,
+                    block_n,
+                    m_tiles,
+                    windowed,
+                );
+                let mut tile_max = Array::<f32>::new(lane_rows);
                 #[unroll]
-                for n in 0..o_per_tile {
-                    let acc = o_acc.index_mut(comptime!((r / 2) * o_per_tile + n));
+                for r in 0..lane_rows {
+                    let mut row_tile_max = neg_big;
+                    #[unroll]
+                    for n in 0..s_per_tile {
+                        let acc = s_acc.index(comptime!((r / 2) * s_per_tile + n));
+                        let pair = acc[comptime!(r % 2)];
+                        row_tile_max = max(row_tile_max, max(pair[0usize], pair[1usize]));
+                    }
+                    tile_max[r] = row_max(row_tile_max, QUAD);
+                }
+
+                // Online softmax: raise the max, rescale l (and O, below), P = exp((S − m) ·
+                // scale). A row that has seen nothing yet keeps m = NEG_BIG; it subtracts 0
+                // instead, so its masked scores still give exp(NEG_BIG · scale) = 0.
+                let mut correction = Array::<f32>::new(lane_rows);
+                let mut raised = false;
+                #[unroll]
+                for r in 0..lane_rows {
                     let e = comptime!(r % 2);
-                    acc[e] = acc[e] * AccPair::new(correction[r]);
+                    let m_new = max(tile_max[r], m[r]);
+                    raised = raised || m_new > m[r];
+                    // 0 for rows that saw nothing before (m = NEG_BIG), 1 while the max holds.
+                    correction[r] = ((m[r] - m_new) * scale).exp();
+                    m[r] = m_new;
+                    let m_scaled = select(m_new == neg_big, 0.0, m_new * scale);
+                    let mut row_sum_part = l[r] * correction[r];
+                    #[unroll]
+                    for n in 0..s_per_tile {
+                        let acc = s_acc.index_mut(comptime!((r / 2) * s_per_tile + n));
+                        let mut pair = acc[e];
+                        #[unroll]
+                        for c in 0..comptime!(2usize) {
+                            let p = fma(pair[c], scale, -m_scaled).exp();
+                            row_sum_part += p;
+                            pair[c] = p;
+                        }
+                        acc[e] = pair;
+                    }
+                    l[r] = row_sum_part;
+                }
+                // O only when a row of the plane raised its max (a vote, uniform over the
+                // plane): past the first tiles most rows keep theirs, and every correction is
+                // then 1.
+                if plane_any(raised) {
+                    #[unroll]
+                    for r in 0..lane_rows {
+                        #[unroll]
+                        for n in 0..o_per_tile {
+                            let acc = o_acc.index_mut(comptime!((r / 2) * o_per_tile + n));
+                            let e = comptime!(r % 2);
+                            acc[e] = acc[e] * AccPair::new(correction[r]);
+                        }
+                    }
+                }
+                accumulate_products(
+                    &mut o_acc, &s_acc, &v_tiles, tile_start, block_n, head_dim, m_tiles,
+                );
+            }
+
+            // Each row's sum over its 4 lanes; O / l out (rows past the sequence end have
+            // l = 0 and are not written), and the log-sum-exp.
+            let mut inv_l = Array::<f32>::new(lane_rows);
+            #[unroll]
+            for r in 0..lane_rows {
+                let l_row = row_sum(l[r], QUAD);
+                inv_l[r] = select(l_row > 0.0, 1.0 / l_row, 0.0);
+                let qi = q0 + first_row + (r / 2) * TILE + g + 8 * (r % 2);
+                if cube.t == 0 && qi < block.len {
+                    lse[(block.start + qi) * heads + head] = m[r] * scale + l_row.ln();
                 }
             }
-        }
-
-        // Every plane is done with K: V in, the next K in flight while `P·V` is computed (past
-        // the last tile `load_rows` reads nothing and returns zeros).
-        store_rows(&v_held, &mut v_tile, unit, block_n, head_dim, units);
-        let k_held = load_rows(
-            k,
-            block.start,
-            kb + block_n,
-            block.k_hi,
-            head,
-            heads,
-            unit,
-            block_n,
-            head_dim,
-            units,
-        );
-        sync_cube();
-        accumulate_products(&mut o_acc, &s_acc, &v_tile, block_n, head_dim, m_tiles);
-        // Every plane is done with V: the next K in.
-        store_rows(&k_held, &mut k_tile, unit, block_n, head_dim, units);
-        sync_cube();
-    }
-
-    // Each row's sum over its 4 lanes; O / l out (rows past the sequence end have l = 0 and
-    // are not written), and the log-sum-exp.
-    let mut inv_l = Array::<f32>::new(lane_rows);
-    #[unroll]
-    for r in 0..lane_rows {
-        let l_row = row_sum(l[r], QUAD);
-        inv_l[r] = select(l_row > 0.0, 1.0 / l_row, 0.0);
-        let qi = q0 + first_row + (r / 2) * TILE + g + 8 * (r % 2);
-        if cube.t == 0 && qi < block.len {
-            lse[(block.start + qi) * heads + head] = m[r] * scale + l_row.ln();
+            write_rows(&o_acc, &inv_l, &mut scratch, out, &cube, head_dim, m_tiles);
         }
     }
-    write_rows(&o_acc, &inv_l, &mut scratch, out, &cube, head_dim, m_tiles);
+}
+
+/// Issues the asynchronous copies of a block's start: its Q rows into `q_tile`, its first
+/// key tile (K and V) into half `half` of the double buffers.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn copy_block_start_async<F: Float, N: Size>(
+    q: &Tensor<Vector<F, N>>,
+    k: &Tensor<Vector<F, N>>,
+    v: &Tensor<Vector<F, N>>,
+    q_tile: &mut SharedMemory<Vector<F, N>>,
+    k_tiles: &mut SharedMemory<Vector<F, N>>,
+    v_tiles: &mut SharedMemory<Vector<F, N>>,
+    half: usize,
+    cube: &MmaCube,
+    #[comptime] block_m: usize,
+    #[comptime] block_n: usize,
+    #[comptime] head_dim: usize,
+    #[comptime] units: usize,
+) {
+    let range = &cube.range;
+    let tile_start = half * tile_vectors::<N>(block_n, head_dim);
+    copy_rows_async(
+        q,
+        q_tile,
+        0usize,
+        range.start,
+        cube.row0,
+        range.len,
+        cube.head,
+        cube.heads,
+        cube.unit,
+        block_m,
+        head_dim,
+        units,
+    );
+    copy_rows_async(
+        k,
+        k_tiles,
+        tile_start,
+        range.start,
+        range.k_lo,
+        range.k_hi,
+        cube.head,
+        cube.heads,
+        cube.unit,
+        block_n,
+        head_dim,
+        units,
+    );
+    copy_rows_async(
+        v,
+        v_tiles,
+        tile_start,
+        range.start,
+        range.k_lo,
+        range.k_hi,
+        cube.head,
+        cube.heads,
+        cube.unit,
+        block_n,
+        head_dim,
+        units,
+    );
 }

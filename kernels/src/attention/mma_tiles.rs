@@ -39,11 +39,12 @@ pub type Pair<F> = Vector<F, Const<2>>;
 /// Two f32 values of one accumulator row.
 pub type AccPair = Vector<f32, Const<2>>;
 
-/// Where a unit of an mma kernel works. All of them launch the grid
+/// Where a unit of an mma kernel works. The backward kernels launch the grid
 /// `(ceil(max_seqlen / block_m), heads, batch)` with cubes of `planes` planes of 32 lanes,
 /// `block_m = 16 · m_tiles · planes`: cube `(x, head, sequence)` owns rows `x · block_m ..`
-/// of the sequence (queries in the forward and dQ, keys in dK/dV), plane `p` the
-/// `16 · m_tiles` from `16 · m_tiles · p`, and walks the rows on the other side that they see.
+/// of the sequence (queries in dQ, keys in dK/dV), plane `p` the `16 · m_tiles` from
+/// `16 · m_tiles · p`, and walks the rows on the other side that they see. A forward cube
+/// owns several consecutive blocks of queries in turn, one `MmaCube` each.
 #[derive(CubeType)]
 pub struct MmaCube {
     /// The sequence, and the range of rows on the other side (the mask is symmetric).
@@ -63,12 +64,14 @@ pub struct MmaCube {
     pub t: usize,
 }
 
-/// This unit's [`MmaCube`].
+/// This unit's [`MmaCube`] for the cube's block `block` of own rows (`CUBE_POS_X`, or one
+/// of several blocks a cube walks in turn).
 #[cube]
 pub fn mma_cube<I: Numeric>(
     cu_seqlens: &Tensor<I>,
     heads: usize,
     window: usize,
+    block: usize,
     #[comptime] planes: usize,
     #[comptime] m_tiles: usize,
     #[comptime] windowed: bool,
@@ -76,7 +79,7 @@ pub fn mma_cube<I: Numeric>(
     let block_m = comptime!(TILE * m_tiles * planes);
     let lane = UNIT_POS_X as usize;
     let plane = UNIT_POS_Y as usize;
-    let row0 = CUBE_POS_X as usize * block_m;
+    let row0 = block * block_m;
     let range = query_block(
         cu_seqlens,
         CUBE_POS_Z as usize,
@@ -108,11 +111,18 @@ pub fn staged_tile<F: Float, N: Size>(
     #[comptime] rows: usize,
     #[comptime] head_dim: usize,
 ) -> SharedMemory<Vector<F, N>> {
+    SharedMemory::<Vector<F, N>>::new_aligned(tile_vectors::<N>(rows, head_dim), SMEM_ALIGN)
+}
+
+/// Vectors of `N` in a [`staged_tile`] of `rows` rows: where the second half of a double
+/// buffer of two such tiles starts.
+#[cube]
+pub fn tile_vectors<N: Size>(
+    #[comptime] rows: usize,
+    #[comptime] head_dim: usize,
+) -> comptime_type!(usize) {
     let vector = N::value();
-    SharedMemory::<Vector<F, N>>::new_aligned(
-        comptime!(rows * (head_dim + PAD) / vector),
-        SMEM_ALIGN,
-    )
+    comptime!(rows * (head_dim + PAD) / vector)
 }
 
 /// Stages rows `first ..` (zeros at and past `end`) of one head of `src`, `rows` of them,
@@ -166,6 +176,20 @@ pub fn own_operands<F: Float, N: Size>(
         head_dim,
         planes,
     );
+    let operands = staged_operands(tile, cube, head_dim, m_tiles);
+    sync_cube();
+    operands
+}
+
+/// The plane's own rows of a staged tile of the cube's `16 · m_tiles · planes` own rows, as
+/// A operands ([`own_operands`]).
+#[cube]
+pub fn staged_operands<F: Float, N: Size>(
+    tile: &SharedMemory<Vector<F, N>>,
+    cube: &MmaCube,
+    #[comptime] head_dim: usize,
+    #[comptime] m_tiles: usize,
+) -> Sequence<Array<Pair<F>>> {
     let def = MmaDefinition::<F, F, f32>::new(TILE, MMA_N, TILE);
     let lane = UNIT_POS_X as usize;
     let sub_row = lane % 8;
@@ -186,7 +210,6 @@ pub fn own_operands<F: Float, N: Size>(
             ));
         }
     }
-    sync_cube();
     operands
 }
 
@@ -205,12 +228,14 @@ pub fn zero_accumulators(#[comptime] columns: usize) -> Sequence<Array<AccPair>>
 }
 
 /// `A·Bᵀ` for the plane's `16 · m_tiles` rows `A` (operands over `head_dim`) and the first
-/// `rows` rows of a staged tile `B`: `rows / 8` accumulators per m-tile, accumulator
+/// `rows` rows of a staged tile `B` that starts at vector `tile_start` of `b_tile` (0, or
+/// the second half of a double buffer): `rows / 8` accumulators per m-tile, accumulator
 /// `m · rows / 8 + n` for rows `8n..` of `B`.
 #[cube]
 pub fn scores<F: Float, N: Size>(
     a: &Sequence<Array<Pair<F>>>,
     b_tile: &SharedMemory<Vector<F, N>>,
+    tile_start: usize,
     #[comptime] rows: usize,
     #[comptime] head_dim: usize,
     #[comptime] m_tiles: usize,
@@ -224,7 +249,8 @@ pub fn scores<F: Float, N: Size>(
     // B = rows of the tile, read as they are (k = columns): matrix j holds rows +8 if j ≥ 2,
     // columns +8 if j is odd, so registers 0–1 serve rows 16·n2.. and 2–3 the next 8. The
     // lane's address for block (0, 0); block (n2, d) is a constant further ([`block_offset`]).
-    let lane_offset = tile_offset::<N>((matrix / 2) * 8 + sub_row, (matrix % 2) * 8, head_dim);
+    let lane_offset =
+        tile_start + tile_offset::<N>((matrix / 2) * 8 + sub_row, (matrix % 2) * 8, head_dim);
     let mut acc = zero_accumulators(comptime!(rows * m_tiles));
     #[unroll]
     for n2 in 0..comptime!(rows / TILE) {
@@ -297,12 +323,14 @@ pub fn mask_scores(
 
 /// `acc += P·B` for the plane's `16 · m_tiles × depth` accumulators `P` (narrowed to the
 /// input dtype; laid out as [`scores`] returns them) and the first `depth` rows of a staged
-/// tile `B`, one accumulator per 8 columns of `head_dim` per m-tile.
+/// tile `B` from vector `tile_start` of `b_tile`, one accumulator per 8 columns of `head_dim`
+/// per m-tile.
 #[cube]
 pub fn accumulate_products<F: Float, N: Size>(
     acc: &mut Sequence<Array<AccPair>>,
     p: &Sequence<Array<AccPair>>,
     b_tile: &SharedMemory<Vector<F, N>>,
+    tile_start: usize,
     #[comptime] depth: usize,
     #[comptime] head_dim: usize,
     #[comptime] m_tiles: usize,
@@ -318,12 +346,14 @@ pub fn accumulate_products<F: Float, N: Size>(
                 p.index(m * p_per_tile + 2 * j + 1),
             ));
         }
-        accumulate_block_products(acc, &a, b_tile, j, 0usize, head_dim, head_dim, m_tiles);
+        accumulate_block_products(
+            acc, &a, b_tile, tile_start, j, 0usize, head_dim, head_dim, m_tiles,
+        );
     }
 }
 
-/// `acc += A·B` over one 16-row block `j` of a staged tile `B` (rows `16j..` as the depth),
-/// for the plane's A operands `a` (one per m-tile, the 16 columns of depth `16j..`) and the
+/// `acc += A·B` over one 16-row block `j` of a staged tile `B` (rows `16j..` as the depth)
+/// from vector `tile_start` of `b_tile`, for the plane's A operands `a` (one per m-tile, the 16 columns of depth `16j..`) and the
 /// `columns` columns of `B` from `first_column` (both multiples of 16): one accumulator per 8
 /// of those columns per m-tile.
 #[cube]
@@ -332,6 +362,7 @@ pub fn accumulate_block_products<F: Float, N: Size>(
     acc: &mut Sequence<Array<AccPair>>,
     a: &Sequence<Array<Pair<F>>>,
     b_tile: &SharedMemory<Vector<F, N>>,
+    tile_start: usize,
     #[comptime] j: usize,
     first_column: usize,
     #[comptime] columns: usize,
@@ -346,11 +377,12 @@ pub fn accumulate_block_products<F: Float, N: Size>(
     // B = the tile's rows j·16.. as k, transposed by `ldmatrix.trans`: matrix j holds rows +8
     // if j is odd, columns +8 if j ≥ 2, so registers 0–1 serve columns 16·d2.. and 2–3 the
     // next 8. The lane's address for block (0, 0), as in [`scores`].
-    let lane_offset = tile_offset::<N>(
-        (matrix % 2) * 8 + sub_row,
-        first_column + (matrix / 2) * 8,
-        head_dim,
-    );
+    let lane_offset = tile_start
+        + tile_offset::<N>(
+            (matrix % 2) * 8 + sub_row,
+            first_column + (matrix / 2) * 8,
+            head_dim,
+        );
     #[unroll]
     for d2 in 0..comptime!(columns / TILE) {
         let offset = lane_offset + block_offset::<N>(j, d2, head_dim);

@@ -6,6 +6,7 @@
 //! Rows are positions within the sequence that starts at packed token `start`; the tensors
 //! are `[total, heads, head_dim]` (or `[total, heads]` for per-row values), contiguous.
 
+use cubecl::prelude::barrier::copy_async;
 use cubecl::prelude::*;
 
 use super::kernel_cmma::PAD;
@@ -187,5 +188,105 @@ pub fn stage_row_values_pair(
         a_tile[i] = av;
         b_tile[i] = bv;
         i += units;
+    }
+}
+
+/// Issues asynchronous copies (`cp.async`, CUDA sm80+, `N` of 2, 4 or 8 two-byte elements)
+/// of rows `first .. first + rows` of one head of `src` into `tile` from vector `tile_start`
+/// (row stride `head_dim + PAD`, as [`store_rows`] writes it), and stores zeros at and past
+/// `end`. All `units` units of the cube take part. The copies bypass registers and land
+/// when the caller's barrier, to which each unit then commits them
+/// (`Barrier::commit_copy_async`), completes its phase; the zeros are visible from then too.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub fn copy_rows_async<F: Float, N: Size>(
+    src: &Tensor<Vector<F, N>>,
+    tile: &mut SharedMemory<Vector<F, N>>,
+    tile_start: usize,
+    start: usize,
+    first: usize,
+    end: usize,
+    head: usize,
+    heads: usize,
+    unit: usize,
+    #[comptime] rows: usize,
+    #[comptime] head_dim: usize,
+    #[comptime] units: usize,
+) {
+    let vector = N::value();
+    let row_vectors = comptime!(head_dim / vector);
+    let tile_row_vectors = comptime!((head_dim + PAD) / vector);
+    let count = comptime!(rows * head_dim / vector);
+    #[unroll]
+    for i in 0..comptime!(count.div_ceil(units)) {
+        let e = unit + i * units;
+        if comptime!(count % units == 0) || e < count {
+            let row = e / row_vectors;
+            let column = e % row_vectors;
+            let at = tile_start + row * tile_row_vectors + column;
+            let mut destination = tile.slice_mut(at, at + 1);
+            let position = first + row;
+            if position < end {
+                // In range: `cu_seqlens` is validated on the host against the shapes.
+                let index = ((start + position) * heads + head) * row_vectors + column;
+                copy_async(
+                    &src.slice(index, index + 1),
+                    &mut destination,
+                    comptime!(vector as u32),
+                );
+            } else {
+                destination[0] = Vector::new(F::new(0.0));
+            }
+        }
+    }
+}
+
+/// As [`copy_rows_async`], for the per-row values `first .. first + rows` of one head of two
+/// `[total, heads]` f32 tensors (lse and D in the backward) into two tiles from `tile_start`:
+/// units `0 .. rows` copy `a`, units `rows .. 2 · rows` copy `b` (`units ≥ 2 · rows`).
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub fn copy_row_values_pair_async(
+    a: &Tensor<f32>,
+    b: &Tensor<f32>,
+    a_tile: &mut SharedMemory<f32>,
+    b_tile: &mut SharedMemory<f32>,
+    tile_start: usize,
+    start: usize,
+    first: usize,
+    end: usize,
+    head: usize,
+    heads: usize,
+    unit: usize,
+    #[comptime] rows: usize,
+) {
+    if unit < comptime!(2 * rows) {
+        let row = unit % rows;
+        let position = first + row;
+        let index = (start + position) * heads + head;
+        let at = tile_start + row;
+        if unit < rows {
+            let mut destination = a_tile.slice_mut(at, at + 1);
+            if position < end {
+                copy_async(
+                    &a.slice(index, index + 1),
+                    &mut destination,
+                    comptime!(1u32),
+                );
+            } else {
+                destination[0] = 0.0;
+            }
+        } else {
+            let mut destination = b_tile.slice_mut(at, at + 1);
+            if position < end {
+                copy_async(
+                    &b.slice(index, index + 1),
+                    &mut destination,
+                    comptime!(1u32),
+                );
+            } else {
+                destination[0] = 0.0;
+            }
+        }
     }
 }
