@@ -10,7 +10,6 @@ use cubek::matmul::launch::{launch_ref, Strategy};
 use cubek::std::InputBinding;
 
 use crate::attention::backward::varlen_attention_backward;
-use crate::attention::delta::attention_delta;
 use crate::attention::forward::varlen_attention_forward;
 use crate::{Backend, StableAdamWStep, VarlenMeta};
 
@@ -198,8 +197,6 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> Backend
         } else {
             Self::float_cast(d_out, q.dtype.into())
         };
-        // D = rowsum(dO ∘ O) in f32, [total, heads]; O is in q's dtype too.
-        let delta = attention_delta(d_out.clone(), out);
-        varlen_attention_backward(q, k, v, d_out, lse, delta, cu_seqlens, meta)
+        varlen_attention_backward(q, k, v, out, d_out, lse, cu_seqlens, meta)
     }
 }

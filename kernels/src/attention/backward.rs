@@ -10,12 +10,13 @@
 
 use burn::tensor::{DType, Shape};
 use burn_cubecl::kernel::{cast, into_contiguous};
-use burn_cubecl::ops::numeric::{empty_device_contiguous_dtype, zeros_client};
+use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeRuntime;
 use cubecl::ir::{features::AtomicUsage, ElemType, FloatKind, StorageType, Type};
 use cubecl::prelude::*;
 
+use super::delta::attention_delta;
 use super::forward::{
     cmma_plan, mma_plan, path_choice, plain_block_n, plain_unroll, PathChoice, BLOCK_M,
 };
@@ -92,25 +93,24 @@ fn cmma_shared_bytes(head_dim: usize) -> usize {
     tiles + row_values + p_ds + scratch + 7 * SMEM_ALIGN
 }
 
-/// Gradients of the forward for `d_out`, given its `lse` and `delta = rowsum(dO ∘ O)`
-/// (f32); returns `(dq, dk, dv)` in q's dtype.
+/// Gradients of the forward for `d_out`, given its output `out` and `lse` (f32); returns
+/// `(dq, dk, dv)` in q's dtype. First `D = rowsum(dO ∘ O)` (`delta.rs`).
 ///
 /// # Shapes
-/// - q, k, v, d_out: `[total, heads, head_dim]`; lse, delta: `[total, heads]`
+/// - q, k, v, out, d_out: `[total, heads, head_dim]` (one dtype); lse: `[total, heads]`
 #[allow(clippy::too_many_arguments)]
 pub fn varlen_attention_backward<R: CubeRuntime>(
     q: CubeTensor<R>,
     k: CubeTensor<R>,
     v: CubeTensor<R>,
+    out: CubeTensor<R>,
     d_out: CubeTensor<R>,
     lse: CubeTensor<R>,
-    delta: CubeTensor<R>,
     cu_seqlens: CubeTensor<R>,
     meta: &VarlenMeta,
 ) -> (CubeTensor<R>, CubeTensor<R>, CubeTensor<R>) {
     let [total, heads, head_dim] = q.meta.shape().dims::<3>();
-    let [q, k, v, d_out, lse, delta, cu_seqlens] =
-        [q, k, v, d_out, lse, delta, cu_seqlens].map(into_contiguous);
+    let [q, k, v, d_out, lse, cu_seqlens] = [q, k, v, d_out, lse, cu_seqlens].map(into_contiguous);
     let client = q.client.clone();
     let gradient = || {
         empty_device_contiguous_dtype(
@@ -124,6 +124,9 @@ pub fn varlen_attention_backward<R: CubeRuntime>(
     if total == 0 {
         return (gradient(), dk, dv);
     }
+    // D for the kernels below; on the fused path the same launch zeroes the f32 dQ.
+    let delta =
+        |zeroed: Option<&CubeTensor<R>>| attention_delta(d_out.clone(), out.clone(), zeroed);
     let (scale, window, windowed) = (
         meta.scale,
         meta.window.unwrap_or(0) as u32,
@@ -152,10 +155,10 @@ pub fn varlen_attention_backward<R: CubeRuntime>(
         let cube_dim = CubeDim::new_2d(32, MMA_PLANES as u32);
         let fused_dq = !deterministic() && fused_dq_fits(head_dim);
         let atomic_vector = atomic_vector(&client, head_dim);
-        // With the fused dQ, the dK/dV kernel sums `dQ · scale` here in f32, from zeros;
-        // else it takes a placeholder it never touches.
+        // With the fused dQ, the dK/dV kernel sums `dQ · scale` here in f32, from the zeros
+        // the delta launch writes; else it takes a placeholder it never touches.
         let dq_sum = if fused_dq {
-            zeros_client(
+            empty_device_contiguous_dtype(
                 client.clone(),
                 q.device.clone(),
                 Shape::new([total, heads, head_dim]),
@@ -169,6 +172,7 @@ pub fn varlen_attention_backward<R: CubeRuntime>(
                 DType::F32,
             )
         };
+        let delta = delta(fused_dq.then_some(&dq_sum));
         flash_attention_varlen_dkv_mma_kernel::launch::<R>(
             &client,
             grid(TILE * MMA_PLANES),
@@ -224,6 +228,7 @@ pub fn varlen_attention_backward<R: CubeRuntime>(
         return (dq, dk, dv);
     }
     let dq = gradient();
+    let delta = delta(None);
     let plan = if choice == PathChoice::Plain {
         None
     } else {

@@ -110,34 +110,7 @@ impl MmaShape {
         let scratch = self.block_m() * (head_dim + PAD_F32) * 4;
         tiles + scratch + 5 * 128
     }
-
-    /// Blocks of queries each cube walks: as many as [`MAX_BLOCKS_PER_CUBE`] while the
-    /// grid keeps [`MIN_CUBES_PER_SM`] cubes per streaming multiprocessor (a few waves, so
-    /// that the last one is not mostly idle), unless [`BLOCKS_ENV`] says otherwise.
-    fn blocks_per_cube<R: CubeRuntime>(self, client: &ComputeClient<R>, blocks: usize) -> usize {
-        static OVERRIDE: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
-        if let Some(count) = *OVERRIDE.get_or_init(|| tuning_count(BLOCKS_ENV, &[1, 2, 4, 8])) {
-            return count;
-        }
-        let sms = client
-            .properties()
-            .hardware
-            .num_streaming_multiprocessors
-            .unwrap_or(1) as usize;
-        let mut count = MAX_BLOCKS_PER_CUBE;
-        while count > 1 && blocks.div_ceil(count) < MIN_CUBES_PER_SM * sms {
-            count /= 2;
-        }
-        count
-    }
 }
-
-/// Most blocks of queries one cube of the mma forward walks ([`MmaShape::blocks_per_cube`]).
-const MAX_BLOCKS_PER_CUBE: usize = 4;
-/// Fewest cubes per streaming multiprocessor the mma forward's grid keeps.
-const MIN_CUBES_PER_SM: usize = 8;
-/// Overrides [`MmaShape::blocks_per_cube`] (1, 2, 4 or 8) for tuning runs of the benchmark.
-const BLOCKS_ENV: &str = "MODERNBERT_MMA_BLOCKS_PER_CUBE";
 /// Widest vector the tensor-core kernel moves to and from global memory (16 bytes of f16).
 const CMMA_MAX_VECTOR: usize = 8;
 
@@ -334,11 +307,9 @@ pub fn varlen_attention_forward<R: CubeRuntime>(
         PathChoice::Cmma | PathChoice::Plain => None,
     };
     if let Some(vector) = mma_vector {
-        let blocks = meta.max_seqlen.div_ceil(shape.block_m());
-        let blocks_per_cube = shape.blocks_per_cube(&client, blocks * heads * batch);
         flash_attention_varlen_mma_kernel::launch::<R>(
             &client,
-            grid(shape.block_m() * blocks_per_cube),
+            grid(shape.block_m()),
             CubeDim::new_2d(32, shape.planes as u32),
             vector,
             q.into_tensor_arg(),
@@ -349,7 +320,6 @@ pub fn varlen_attention_forward<R: CubeRuntime>(
             lse.clone().into_tensor_arg(),
             meta.scale,
             meta.window.unwrap_or(0) as u32,
-            blocks_per_cube as u32,
             head_dim,
             CMMA_BLOCK_N,
             shape.planes,

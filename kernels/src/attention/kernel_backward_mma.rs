@@ -62,15 +62,7 @@ pub fn flash_attention_varlen_dq_mma_kernel<F: Float, I: Numeric, N: Size>(
     #[define(F, I)] _dtypes: [StorageType; 2],
 ) {
     let window = window as usize;
-    let cube = mma_cube(
-        cu_seqlens,
-        q.shape(1),
-        window,
-        CUBE_POS_X as usize,
-        planes,
-        1usize,
-        windowed,
-    );
+    let cube = mma_cube(cu_seqlens, q.shape(1), window, planes, 1usize, windowed);
     let block = cube.range.clone();
     let (g, head, heads, q0) = (cube.g, cube.head, cube.heads, cube.row0);
 
@@ -200,15 +192,7 @@ pub fn flash_attention_varlen_dkv_mma_kernel<F: Float, I: Numeric, N: Size, A: S
 ) {
     let window = window as usize;
     // The cube's own rows are keys; its range is the queries that see them.
-    let cube = mma_cube(
-        cu_seqlens,
-        q.shape(1),
-        window,
-        CUBE_POS_X as usize,
-        planes,
-        1usize,
-        windowed,
-    );
+    let cube = mma_cube(cu_seqlens, q.shape(1), window, planes, 1usize, windowed);
     let range = cube.range.clone();
     let (t, k0) = (cube.t, cube.row0);
 

@@ -39,12 +39,11 @@ pub type Pair<F> = Vector<F, Const<2>>;
 /// Two f32 values of one accumulator row.
 pub type AccPair = Vector<f32, Const<2>>;
 
-/// Where a unit of an mma kernel works. The backward kernels launch the grid
+/// Where a unit of an mma kernel works. All of them launch the grid
 /// `(ceil(max_seqlen / block_m), heads, batch)` with cubes of `planes` planes of 32 lanes,
 /// `block_m = 16 · m_tiles · planes`: cube `(x, head, sequence)` owns rows `x · block_m ..`
-/// of the sequence (queries in dQ, keys in dK/dV), plane `p` the `16 · m_tiles` from
-/// `16 · m_tiles · p`, and walks the rows on the other side that they see. A forward cube
-/// owns several consecutive blocks of queries in turn, one `MmaCube` each.
+/// of the sequence (queries in the forward and dQ, keys in dK/dV), plane `p` the
+/// `16 · m_tiles` from `16 · m_tiles · p`, and walks the rows on the other side that they see.
 #[derive(CubeType)]
 pub struct MmaCube {
     /// The sequence, and the range of rows on the other side (the mask is symmetric).
@@ -64,14 +63,12 @@ pub struct MmaCube {
     pub t: usize,
 }
 
-/// This unit's [`MmaCube`] for the cube's block `block` of own rows (`CUBE_POS_X`, or one
-/// of several blocks a cube walks in turn).
+/// This unit's [`MmaCube`].
 #[cube]
 pub fn mma_cube<I: Numeric>(
     cu_seqlens: &Tensor<I>,
     heads: usize,
     window: usize,
-    block: usize,
     #[comptime] planes: usize,
     #[comptime] m_tiles: usize,
     #[comptime] windowed: bool,
@@ -79,7 +76,7 @@ pub fn mma_cube<I: Numeric>(
     let block_m = comptime!(TILE * m_tiles * planes);
     let lane = UNIT_POS_X as usize;
     let plane = UNIT_POS_Y as usize;
-    let row0 = block * block_m;
+    let row0 = CUBE_POS_X as usize * block_m;
     let range = query_block(
         cu_seqlens,
         CUBE_POS_Z as usize,

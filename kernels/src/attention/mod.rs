@@ -15,7 +15,7 @@ pub(crate) mod backward;
 #[cfg(feature = "cube")]
 mod cmma_tiles;
 #[cfg(feature = "cube")]
-pub(crate) mod delta;
+mod delta;
 #[cfg(feature = "cube")]
 pub(crate) mod forward;
 #[cfg(feature = "cube")]
