@@ -37,8 +37,7 @@ pub fn stage_rows<F: Float, N: Size>(
 
 /// This unit's share of rows `first .. first + rows` of one head of `src`, in registers:
 /// vector `unit + i · units` of the rows (row-major, `head_dim / vector` per row) as element
-/// `i`, zeros at and past `end` and past the rows. Issuing the loads early and storing them
-/// with [`store_rows`] later hides their latency behind the work in between.
+/// `i`, zeros at and past `end` and past the rows ([`stage_rows`] stores them).
 ///
 /// A tile wholly before `end` (every tile but a sequence's last) takes whole vectors
 /// without a per-element choice: `first`, `rows` and `end` are the same for the whole cube,
@@ -49,7 +48,7 @@ pub fn stage_rows<F: Float, N: Size>(
 /// checked read of an f16/bf16 vector would select zero element by element.
 #[cube]
 #[allow(clippy::too_many_arguments)]
-pub fn load_rows<F: Float, N: Size>(
+fn load_rows<F: Float, N: Size>(
     src: &Tensor<Vector<F, N>>,
     start: usize,
     first: usize,
@@ -92,7 +91,7 @@ pub fn load_rows<F: Float, N: Size>(
 
 /// Writes what [`load_rows`] returned into `tile` (row stride `head_dim + PAD`).
 #[cube]
-pub fn store_rows<F: Float, N: Size>(
+fn store_rows<F: Float, N: Size>(
     held: &Array<Vector<F, N>>,
     tile: &mut SharedMemory<Vector<F, N>>,
     unit: usize,
