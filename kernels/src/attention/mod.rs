@@ -65,8 +65,8 @@ static DETERMINISTIC: AtomicU8 = AtomicU8::new(0);
 /// the `mma.sync` path (f16/bf16 on CUDA sm80+) differs: by default (head_dim a multiple of 32) one
 /// kernel computes dQ, dK and dV and sums dQ across blocks of keys with f32 atomics, whose order
 /// varies; deterministic, it runs two kernels, each gradient summed in a fixed order (on the H200,
-/// 2–5% slower at 512 tokens and with a window, 1–2% faster for global attention over 8192, see
-/// BENCHMARKS.md). Every other path is deterministic anyway.
+/// 3–4% slower forward+backward at 512 and 8192 tokens, global or windowed, see BENCHMARKS.md).
+/// Every other path is deterministic anyway.
 pub fn set_deterministic(on: bool) {
     DETERMINISTIC.store(if on { 2 } else { 1 }, Ordering::Relaxed);
 }

@@ -265,27 +265,31 @@ pub fn copy_row_values_pair_async(
         let index = (start + position) * heads + head;
         let at = tile_start + row;
         if unit < rows {
-            let mut destination = a_tile.slice_mut(at, at + 1);
-            if position < end {
-                copy_async(
-                    &a.slice(index, index + 1),
-                    &mut destination,
-                    comptime!(1u32),
-                );
-            } else {
-                destination[0] = 0.0;
-            }
+            copy_value_async(a, index, a_tile, at, position < end);
         } else {
-            let mut destination = b_tile.slice_mut(at, at + 1);
-            if position < end {
-                copy_async(
-                    &b.slice(index, index + 1),
-                    &mut destination,
-                    comptime!(1u32),
-                );
-            } else {
-                destination[0] = 0.0;
-            }
+            copy_value_async(b, index, b_tile, at, position < end);
         }
+    }
+}
+
+/// Issues the asynchronous copy of `src[index]` into `tile[at]` (as [`copy_rows_async`]), or
+/// stores zero there when the value lies outside the range.
+#[cube]
+fn copy_value_async(
+    src: &Tensor<f32>,
+    index: usize,
+    tile: &mut SharedMemory<f32>,
+    at: usize,
+    in_range: bool,
+) {
+    let mut destination = tile.slice_mut(at, at + 1);
+    if in_range {
+        copy_async(
+            &src.slice(index, index + 1),
+            &mut destination,
+            comptime!(1u32),
+        );
+    } else {
+        destination[0] = 0.0;
     }
 }
