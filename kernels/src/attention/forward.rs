@@ -102,13 +102,12 @@ impl MmaShape {
         TILE * self.m_tiles * self.planes
     }
 
-    /// Shared memory in bytes (see `kernel_mma.rs`): the Q tile and the double-buffered K and
-    /// V tiles in the 2-byte input dtype, the f32 output scratch, the barrier, each padded to
-    /// its alignment.
+    /// Shared memory in bytes (see `kernel_mma.rs`): the Q tile, the double-buffered K and
+    /// V tiles and the output scratch, all in the 2-byte input dtype, the barrier, each
+    /// padded to its alignment.
     fn shared_bytes(self, head_dim: usize) -> usize {
-        let tiles = (self.block_m() + 4 * CMMA_BLOCK_N) * (head_dim + PAD) * 2;
-        let scratch = self.block_m() * (head_dim + PAD_F32) * 4;
-        tiles + scratch + 5 * 128
+        let rows = 2 * self.block_m() + 4 * CMMA_BLOCK_N;
+        rows * (head_dim + PAD) * 2 + 5 * 128
     }
 }
 /// Widest vector the tensor-core kernel moves to and from global memory (16 bytes of f16).

@@ -69,7 +69,7 @@ pub fn flash_attention_varlen_dq_mma_kernel<F: Float, I: Numeric, N: Size>(
     let mut own_tile = staged_tile::<F, N>(comptime!(TILE * planes), head_dim);
     let mut k_tile = staged_tile::<F, N>(block_n, head_dim);
     let mut v_tile = staged_tile::<F, N>(block_n, head_dim);
-    let mut scratch = output_scratch(comptime!(TILE * planes), head_dim);
+    let mut scratch = output_scratch::<F>(comptime!(TILE * planes), head_dim);
 
     // The plane's Q and dO rows as A operands.
     let q_ops = own_operands(q, &mut own_tile, &cube, head_dim, planes, 1usize);

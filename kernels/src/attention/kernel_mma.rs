@@ -29,8 +29,9 @@
 //! Exponentials use the fast `ex2`-based path: their arguments are ≤ 0 and the probabilities
 //! are narrowed to f16/bf16 anyway.
 //!
-//! At the end each row is divided by its `l`, staged through an f32 scratch and written with
-//! vector stores; the log-sum-exp is `m · scale + ln l`. Every `ldmatrix`/`mma` and barrier is
+//! At the end each row is divided by its `l`, narrowed into a scratch of the input dtype (half
+//! the shared memory of an f32 one: a 64-row window cube takes 56 KiB, so four fit on an
+//! H200 SM where three did) and written with vector stores; the log-sum-exp is `m · scale + ln l`. Every `ldmatrix`/`mma` and barrier is
 //! reached by all lanes of a cube (the tile loop bound is uniform per cube); rows past the
 //! sequence end are computed on zeros and never written.
 
@@ -82,7 +83,7 @@ pub fn flash_attention_varlen_mma_kernel<F: Float, I: Numeric, N: Size>(
     // Double buffers: key tile `i` is in half `i % 2`.
     let mut k_tiles = staged_tile::<F, N>(comptime!(2 * block_n), head_dim);
     let mut v_tiles = staged_tile::<F, N>(comptime!(2 * block_n), head_dim);
-    let mut scratch = output_scratch(block_m, head_dim);
+    let mut scratch = output_scratch::<F>(block_m, head_dim);
     // Completes a phase when every unit has arrived and the copies they committed have landed.
     let copies = Barrier::shared(CUBE_DIM, UNIT_POS == 0);
 

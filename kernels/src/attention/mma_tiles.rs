@@ -27,7 +27,7 @@ use cubecl::prelude::*;
 
 use super::kernel_cmma::{PAD, PAD_F32, SMEM_ALIGN, TILE};
 use super::staging::stage_rows;
-use super::tiling::{key_visible, query_block, tile_unmasked, QueryBlock, NEG_BIG};
+use super::tiling::{query_block, tile_unmasked, visible_keys, QueryBlock, NEG_BIG};
 
 /// Columns of one accumulator (m16n8k16: 16 rows × 8 columns).
 pub const MMA_N: usize = 8;
@@ -276,8 +276,9 @@ pub fn scores<F: Float, N: Size>(
 /// Sets the scores that the mask hides to `NEG_BIG` in the plane's `16 · m_tiles × cols`
 /// accumulators ([`scores`]) over own rows `row0 ..` (of a sequence of `len`) and columns
 /// `col0 ..` (those at or past `col_hi` are outside the range), unless the whole tile is
-/// visible ([`tile_unmasked`], uniform over the plane): then it costs one comparison. An
-/// exponential of a hidden score, scaled, is 0.
+/// visible ([`tile_unmasked`], uniform over the plane): then it costs one comparison.
+/// Otherwise each row's visible columns are an interval ([`visible_keys`]), and a score costs
+/// an addition, a comparison and a select. An exponential of a hidden score, scaled, is 0.
 #[cube]
 #[allow(clippy::too_many_arguments)]
 pub fn mask_scores(
@@ -299,7 +300,9 @@ pub fn mask_scores(
         #[unroll]
         for r in 0..comptime!(2 * m_tiles) {
             let row = row0 + (r / 2) * TILE + g + 8 * (r % 2);
-            let row_valid = row < len;
+            let keys = visible_keys(row, len, col_hi, window, windowed);
+            // The lane's first column relative to the row's first visible one (wrapping).
+            let offset = col0 + 2 * t - keys.lo;
             #[unroll]
             for n in 0..comptime!(cols / MMA_N) {
                 let index = comptime!((r / 2) * (cols / MMA_N) + n);
@@ -307,8 +310,7 @@ pub fn mask_scores(
                 let mut pair = acc.index(index)[e];
                 #[unroll]
                 for c in 0..comptime!(2usize) {
-                    let col = col0 + n * MMA_N + 2 * t + c;
-                    let visible = row_valid && key_visible(row, col, col_hi, window, windowed);
+                    let visible = offset + comptime!(n * MMA_N + c) < keys.width;
                     pair[c] = select(visible, pair[c], f32::new(NEG_BIG));
                 }
                 let acc_n = acc.index_mut(index);
@@ -426,32 +428,42 @@ pub fn tile_operand<F: Float>(
     )
 }
 
-/// The f32 scratch of [`write_rows`]: `block_m` rows of `head_dim` (+ padding).
+/// The scratch of [`write_rows`]: `block_m` rows of `head_dim` (+ padding) elements of `E`,
+/// the output's dtype where nothing else needs f32 (half the shared memory).
 #[cube]
-pub fn output_scratch(
+pub fn output_scratch<E: Float>(
     #[comptime] block_m: usize,
     #[comptime] head_dim: usize,
-) -> SharedMemory<f32> {
-    SharedMemory::<f32>::new_aligned(comptime!(block_m * (head_dim + PAD_F32)), SMEM_ALIGN)
+) -> SharedMemory<E> {
+    let stride = scratch_stride::<E>(head_dim);
+    SharedMemory::<E>::new_aligned(comptime!(block_m * stride), SMEM_ALIGN)
+}
+
+/// Elements per row of an [`output_scratch`] of `E`: padded so that the lanes of a plane
+/// writing their accumulator pairs hit distinct banks.
+#[cube]
+pub fn scratch_stride<E: Float>(#[comptime] head_dim: usize) -> comptime_type!(usize) {
+    let bytes = E::type_size();
+    comptime!(head_dim + if bytes == 4 { PAD_F32 } else { PAD })
 }
 
 /// Writes the plane's `16 · m_tiles` own rows of `head_dim / 8` accumulators per m-tile,
 /// row `g + 8e` of m-tile `m` multiplied by `row_scale[2m + e]`, to `out` (one head),
-/// skipping rows at or past the sequence end. The rows go through the plane's rows of the
-/// f32 `scratch` ([`output_scratch`]) to leave as vector stores, two lanes per row; the
-/// scratch is free again when this returns.
+/// skipping rows at or past the sequence end. The rows go through the plane's rows of
+/// `scratch` ([`output_scratch`], f32 or `F`) to leave as vector stores, two lanes per row;
+/// the scratch is free again when this returns.
 #[cube]
 #[allow(clippy::too_many_arguments)]
-pub fn write_rows<F: Float, N: Size>(
+pub fn write_rows<F: Float, N: Size, E: Float>(
     acc: &Sequence<Array<AccPair>>,
     row_scale: &Array<f32>,
-    scratch: &mut SharedMemory<f32>,
+    scratch: &mut SharedMemory<E>,
     out: &mut Tensor<Vector<F, N>>,
     cube: &MmaCube,
     #[comptime] head_dim: usize,
     #[comptime] m_tiles: usize,
 ) {
-    let scratch_stride = comptime!(head_dim + PAD_F32);
+    let scratch_stride = scratch_stride::<E>(head_dim);
     let acc_per_tile = comptime!(head_dim / MMA_N);
     let lane = UNIT_POS_X as usize;
     let first_row = cube.first_row;
@@ -466,7 +478,8 @@ pub fn write_rows<F: Float, N: Size>(
             let pair = acc_n[comptime!(r % 2)];
             #[unroll]
             for c in 0..comptime!(2usize) {
-                scratch[row * scratch_stride + n * MMA_N + 2 * t + c] = pair[c] * row_scale[r];
+                scratch[row * scratch_stride + n * MMA_N + 2 * t + c] =
+                    E::cast_from(pair[c] * row_scale[r]);
             }
         }
     }
