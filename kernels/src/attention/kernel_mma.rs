@@ -9,7 +9,8 @@
 //! sum are reduced over the 4 lanes that share it (`t`), with shuffles.
 //!
 //! A cube is `planes` planes of 32 lanes; plane `p` owns the `16 · m_tiles` query rows from
-//! `q0 + 16 · m_tiles · p` (two m-tiles up to head_dim 64, see `forward.rs`). Q and the key
+//! `q0 + 16 · m_tiles · p` (two m-tiles for global attention up to head_dim 64, one with a
+//! window, see `forward.rs`). Q and the key
 //! tiles are copied with `cp.async` into shared memory, one key tile ahead: while the cube
 //! works on a key tile, the next one (K and V, double-buffered) is in flight, without
 //! registers. A cube barrier completes when a tile's copies have landed and every unit is
@@ -31,7 +32,7 @@
 //!
 //! At the end each row is divided by its `l`, narrowed into a scratch of the input dtype (half
 //! the shared memory of an f32 one: a 64-row window cube takes 56 KiB, so four fit on an
-//! H200 SM where three did) and written with vector stores; the log-sum-exp is `m · scale + ln l`. Every `ldmatrix`/`mma` and barrier is
+//! H200 SM) and written with vector stores; the log-sum-exp is `m · scale + ln l`. Every `ldmatrix`/`mma` and barrier is
 //! reached by all lanes of a cube (the tile loop bound is uniform per cube); rows past the
 //! sequence end are computed on zeros and never written.
 

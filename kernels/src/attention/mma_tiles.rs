@@ -27,7 +27,7 @@ use cubecl::prelude::*;
 
 use super::kernel_cmma::{PAD, PAD_F32, SMEM_ALIGN, TILE};
 use super::staging::stage_rows;
-use super::tiling::{query_block, tile_unmasked, visible_keys, QueryBlock, NEG_BIG};
+use super::tiling::{key_visible, query_block, tile_unmasked, QueryBlock, NEG_BIG};
 
 /// Columns of one accumulator (m16n8k16: 16 rows × 8 columns).
 pub const MMA_N: usize = 8;
@@ -276,9 +276,8 @@ pub fn scores<F: Float, N: Size>(
 /// Sets the scores that the mask hides to `NEG_BIG` in the plane's `16 · m_tiles × cols`
 /// accumulators ([`scores`]) over own rows `row0 ..` (of a sequence of `len`) and columns
 /// `col0 ..` (those at or past `col_hi` are outside the range), unless the whole tile is
-/// visible ([`tile_unmasked`], uniform over the plane): then it costs one comparison.
-/// Otherwise each row's visible columns are an interval ([`visible_keys`]), and a score costs
-/// an addition, a comparison and a select. An exponential of a hidden score, scaled, is 0.
+/// visible ([`tile_unmasked`], uniform over the plane): then it costs one comparison. An
+/// exponential of a hidden score, scaled, is 0.
 #[cube]
 #[allow(clippy::too_many_arguments)]
 pub fn mask_scores(
@@ -300,9 +299,7 @@ pub fn mask_scores(
         #[unroll]
         for r in 0..comptime!(2 * m_tiles) {
             let row = row0 + (r / 2) * TILE + g + 8 * (r % 2);
-            let keys = visible_keys(row, len, col_hi, window, windowed);
-            // The lane's first column relative to the row's first visible one (wrapping).
-            let offset = col0 + 2 * t - keys.lo;
+            let row_valid = row < len;
             #[unroll]
             for n in 0..comptime!(cols / MMA_N) {
                 let index = comptime!((r / 2) * (cols / MMA_N) + n);
@@ -310,7 +307,8 @@ pub fn mask_scores(
                 let mut pair = acc.index(index)[e];
                 #[unroll]
                 for c in 0..comptime!(2usize) {
-                    let visible = offset + comptime!(n * MMA_N + c) < keys.width;
+                    let col = col0 + n * MMA_N + 2 * t + c;
+                    let visible = row_valid && key_visible(row, col, col_hi, window, windowed);
                     pair[c] = select(visible, pair[c], f32::new(NEG_BIG));
                 }
                 let acc_n = acc.index_mut(index);

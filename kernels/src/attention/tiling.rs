@@ -109,41 +109,6 @@ pub fn key_visible(
     visible
 }
 
-/// The keys that query `qi` sees, as an interval: `lo .. lo + width` (positions in the
-/// sequence; `width` 0 when `qi` is at or past the sequence end `len`), given that keys at or
-/// past `k_hi` are outside the range. [`key_visible`] for a whole row: key `key` is visible
-/// when `key − lo < width` in wrapping unsigned arithmetic, one subtraction and one
-/// comparison.
-#[derive(CubeType)]
-pub struct VisibleKeys {
-    pub lo: usize,
-    pub width: usize,
-}
-
-/// The [`VisibleKeys`] of query `qi`.
-#[cube]
-pub fn visible_keys(
-    qi: usize,
-    len: usize,
-    k_hi: usize,
-    window: usize,
-    #[comptime] windowed: bool,
-) -> VisibleKeys {
-    if windowed {
-        let lo = qi - select(qi < window, qi, window);
-        let hi = select(qi + window + 1 < k_hi, qi + window + 1, k_hi);
-        VisibleKeys {
-            lo,
-            width: select(qi < len && hi > lo, hi - lo, 0usize),
-        }
-    } else {
-        VisibleKeys {
-            lo: 0usize,
-            width: select(qi < len, k_hi, 0usize),
-        }
-    }
-}
-
 /// Whether every pair of a tile is visible, so that it needs no mask: own rows
 /// `row0 .. row0 + rows` all lie in the sequence of `len`, columns `col0 .. col0 + cols` all
 /// before `col_hi`, and, with a window, every row within `window` of every column. The
