@@ -10,11 +10,10 @@
 //!
 //! A cube is `planes` planes of 32 lanes; plane `p` owns the `16 · m_tiles` query rows from
 //! `q0 + 16 · m_tiles · p` (two m-tiles for global attention up to head_dim 64, one with a
-//! window, see `forward.rs`). Q and the key
-//! tiles are copied with `cp.async` into shared memory, one key tile ahead: while the cube
-//! works on a key tile, the next one (K and V, double-buffered) is in flight, without
-//! registers. A cube barrier completes when a tile's copies have landed and every unit is
-//! done with the previous tile. Per cube:
+//! window, see `forward.rs`). Q and the key tiles are copied with `cp.async` into shared
+//! memory, one key tile ahead: while the cube works on a key tile, the next one (K and V,
+//! double-buffered) is in flight, without registers. A cube barrier completes when a tile's
+//! copies have landed and every unit is done with the previous tile. Per cube:
 //! 1. the Q rows are read as A operands (`ldmatrix`);
 //! 2. for every key tile of `block_n` keys the block can see (`tiling.rs`), each plane
 //!    computes its `16 · m_tiles × block_n` scores into registers, B operands of K read
@@ -30,11 +29,11 @@
 //! Exponentials use the fast `ex2`-based path: their arguments are ≤ 0 and the probabilities
 //! are narrowed to f16/bf16 anyway.
 //!
-//! At the end each row is divided by its `l`, narrowed into a scratch of the input dtype (half
-//! the shared memory of an f32 one: a 64-row window cube takes 56 KiB, so four fit on an
-//! H200 SM) and written with vector stores; the log-sum-exp is `m · scale + ln l`. Every `ldmatrix`/`mma` and barrier is
-//! reached by all lanes of a cube (the tile loop bound is uniform per cube); rows past the
-//! sequence end are computed on zeros and never written.
+//! At the end each row is divided by its `l`, narrowed into a scratch of the input dtype
+//! (half the shared memory of an f32 one: a 64-row window cube takes 56 KiB, so four fit on
+//! an H200 SM) and written with vector stores; the log-sum-exp is `m · scale + ln l`. Every
+//! `ldmatrix`/`mma` and barrier is reached by all lanes of a cube (the tile loop bound is
+//! uniform per cube); rows past the sequence end are computed on zeros and never written.
 
 use cubecl::prelude::barrier::Barrier;
 use cubecl::prelude::*;
