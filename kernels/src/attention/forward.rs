@@ -45,10 +45,10 @@ fn cmma_planes() -> usize {
     planes_override().unwrap_or(CMMA_PLANES)
 }
 
-/// What [`PLANES_ENV`] asks for: 1, 2, 4 or 8 planes.
+/// What [`PLANES_ENV`] asks for: 2, 4 or 8 planes.
 fn planes_override() -> Option<usize> {
     static PLANES: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
-    *PLANES.get_or_init(|| tuning_count(PLANES_ENV, &[1, 2, 4, 8]))
+    *PLANES.get_or_init(|| tuning_count(PLANES_ENV, &[2, 4, 8]))
 }
 
 /// The count the tuning variable `name` asks for, if it is set to one of `allowed`
@@ -70,16 +70,12 @@ const CMMA_BLOCK_N: usize = 64;
 /// Overrides the mma forward's m-tiles per plane (1 or 2) for tuning runs of the benchmark.
 const M_TILES_ENV: &str = "MODERNBERT_MMA_M_TILES";
 
-/// Overrides the mma forward's key tile ([`MmaShape`], 32 or 64 rows) for tuning runs.
-const BLOCK_N_ENV: &str = "MODERNBERT_MMA_BLOCK_N";
-
 /// The cube of the mma forward: `planes` planes of `m_tiles` 16-row m-tiles each
-/// (`mma_tiles.rs`), walking key tiles of `block_n` rows.
+/// (`mma_tiles.rs`).
 #[derive(Debug, Clone, Copy)]
 struct MmaShape {
     planes: usize,
     m_tiles: usize,
-    block_n: usize,
 }
 
 impl MmaShape {
@@ -90,27 +86,20 @@ impl MmaShape {
     /// planes of one m-tile: the kernel is latency-bound, and with 128 registers (two
     /// m-tiles take 238) an H200 SM holds four such cubes, 16 warps, where two planes of two
     /// m-tiles held 8 (BENCHMARKS.md, session 11). Beyond head_dim 64 one m-tile (the
-    /// accumulators would not fit in registers). [`M_TILES_ENV`], [`PLANES_ENV`] and
-    /// [`BLOCK_N_ENV`] override the choice for tuning runs.
+    /// accumulators would not fit in registers). [`M_TILES_ENV`] and [`PLANES_ENV`] override
+    /// the choice for tuning runs.
     fn forward(windowed: bool, head_dim: usize) -> Self {
         static M_TILES: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
         let m_tiles = M_TILES
             .get_or_init(|| tuning_count(M_TILES_ENV, &[1, 2]))
             .unwrap_or(if windowed { 1 } else { 2 });
         let m_tiles = if head_dim > 64 { 1 } else { m_tiles };
-        static BLOCK_N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-        let block_n =
-            *BLOCK_N.get_or_init(|| tuning_count(BLOCK_N_ENV, &[32, 64]).unwrap_or(CMMA_BLOCK_N));
         let planes = match planes_override() {
             Some(planes) => planes,
             None if windowed => 4 / m_tiles,
             None => CMMA_PLANES,
         };
-        Self {
-            planes,
-            m_tiles,
-            block_n,
-        }
+        Self { planes, m_tiles }
     }
 
     /// Query rows per cube.
@@ -122,7 +111,7 @@ impl MmaShape {
     /// V tiles and the output scratch, all in the 2-byte input dtype, the barrier, each
     /// padded to its alignment.
     fn shared_bytes(self, head_dim: usize) -> usize {
-        let rows = 2 * self.block_m() + 4 * self.block_n;
+        let rows = 2 * self.block_m() + 4 * CMMA_BLOCK_N;
         rows * (head_dim + PAD) * 2 + 5 * 128
     }
 }
@@ -336,7 +325,7 @@ pub fn varlen_attention_forward<R: CubeRuntime>(
             meta.scale,
             meta.window.unwrap_or(0) as u32,
             head_dim,
-            shape.block_n,
+            CMMA_BLOCK_N,
             shape.planes,
             shape.m_tiles,
             meta.window.is_some(),

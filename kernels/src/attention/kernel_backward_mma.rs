@@ -33,11 +33,11 @@
 use cubecl::prelude::barrier::Barrier;
 use cubecl::prelude::*;
 
-use super::kernel_cmma::{PAD, PAD_F32, SMEM_ALIGN, TILE};
+use super::kernel_cmma::{PAD, SMEM_ALIGN, TILE};
 use super::mma_tiles::{
     accumulate_block_products, accumulate_products, mask_scores, mma_cube, output_scratch,
-    own_operands, scores, stage_and_wait, staged_tile, tile_operand, tile_vectors, write_rows,
-    zero_accumulators, AccPair, MmaCube, Pair, MMA_N,
+    own_operands, scores, scratch_stride, stage_and_wait, staged_tile, tile_operand, tile_vectors,
+    write_rows, zero_accumulators, AccPair, MmaCube, Pair, MMA_N,
 };
 use super::staging::{copy_row_values_pair_async, copy_rows_async, stage_rows};
 
@@ -474,7 +474,7 @@ fn add_dq_products<F: Float, N: Size, A: Size>(
     let block_m = comptime!(TILE * planes);
     let m_tiles = comptime!(block_n / TILE);
     let columns = comptime!(head_dim * m_tiles / planes);
-    let stride = comptime!(head_dim + PAD_F32);
+    let stride = scratch_stride::<f32>(head_dim);
     let plane = UNIT_POS_Y as usize;
     let m_tile = plane % m_tiles;
     let first_column = (plane / m_tiles) * columns;
