@@ -75,6 +75,7 @@ fn time<B: Backend>(device: &B::Device, iters: usize, run: impl Fn() -> Result<(
 fn kernel_name(path: Option<KernelPath>) -> &'static str {
     match path {
         Some(KernelPath::Mma) => "mma",
+        Some(KernelPath::MmaBand) => "mma band",
         Some(KernelPath::MmaAtomicDq) => "mma, atomic dQ",
         Some(KernelPath::TensorCore) => "cmma",
         Some(KernelPath::Plain) => "plain",

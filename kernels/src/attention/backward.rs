@@ -1,10 +1,11 @@
-//! Launching the backward kernels on a CubeCL backend: the `mma.sync` kernels
-//! (`kernel_backward_mma.rs`) where the forward would take its mma kernel, by default one
-//! kernel with dQ summed by f32 atomics (head_dim a multiple of 32), two deterministic ones
-//! under [`set_deterministic`](super::set_deterministic); else the tensor-core kernels
-//! (`kernel_backward_cmma.rs`) where the forward would take its tensor-core kernel (f16/bf16,
-//! a device with cmma, enough shared memory, see `forward.rs`), the plain ones
-//! (`kernel_backward.rs`) for every other dtype and device and when
+//! Launching the backward kernels on a CubeCL backend. Where the forward would take its
+//! mma kernels: for a window the band kernels take (`forward.rs`'s `BandShape`), their
+//! deterministic pair (`kernel_backward_mma_band.rs`); else `kernel_backward_mma.rs`, by
+//! default one kernel with dQ summed by f32 atomics (head_dim a multiple of 32), two
+//! deterministic ones under [`set_deterministic`](super::set_deterministic). Else the
+//! tensor-core kernels (`kernel_backward_cmma.rs`) where the forward would take its
+//! tensor-core kernel (f16/bf16, a device with cmma, enough shared memory, see `forward.rs`),
+//! the plain ones (`kernel_backward.rs`) for every other dtype and device and when
 //! `MODERNBERT_ATTENTION_PATH=plain` (see [`PATH_ENV`](super::PATH_ENV)). The last two are
 //! deterministic (no atomics).
 
@@ -18,7 +19,7 @@ use cubecl::prelude::*;
 
 use super::delta::attention_delta;
 use super::forward::{
-    cmma_plan, mma_plan, path_choice, plain_block_n, plain_unroll, PathChoice, BLOCK_M,
+    cmma_plan, mma_plan, path_choice, plain_block_n, plain_unroll, BandShape, PathChoice, BLOCK_M,
 };
 use super::kernel_backward::{flash_attention_varlen_dkv_kernel, flash_attention_varlen_dq_kernel};
 use super::kernel_backward_cmma::{
@@ -26,6 +27,9 @@ use super::kernel_backward_cmma::{
 };
 use super::kernel_backward_mma::{
     flash_attention_varlen_dkv_mma_kernel, flash_attention_varlen_dq_mma_kernel,
+};
+use super::kernel_backward_mma_band::{
+    flash_attention_varlen_dkv_band_kernel, flash_attention_varlen_dq_band_kernel,
 };
 use super::kernel_cmma::{PAD, PAD_F32, SMEM_ALIGN, TILE};
 use super::passes::{head_dim_loop, staging_loop, walked_tiles, TilePasses};
@@ -141,6 +145,63 @@ pub fn varlen_attention_backward<R: CubeRuntime>(
         )
     };
     let choice = path_choice();
+    // A window the band kernels take: their deterministic pair (`kernel_backward_mma_band.rs`).
+    let band = BandShape::new(meta.window, MMA_PLANES).filter(|_| choice == PathChoice::Auto);
+    // The dK/dV kernel's shared memory, the larger: its own-row tile, the Q and dO spans, the
+    // output scratch, lse and D (f32 per span row) and the barrier.
+    let band_plan = band.and_then(|band| {
+        let bytes = band.tile_bytes(head_dim, 2, 2, 7) + 2 * band.span_rows() * 4;
+        Some((
+            band,
+            mma_plan(&client, q.dtype, head_dim, band.planes, bytes)?,
+        ))
+    });
+    if let Some((band, vector)) = band_plan {
+        let delta = delta(None);
+        let dq = gradient();
+        let cube_dim = CubeDim::new_2d(32, band.planes as u32);
+        flash_attention_varlen_dkv_band_kernel::launch::<R>(
+            &client,
+            grid(band.block_m()),
+            cube_dim,
+            vector,
+            q.clone().into_tensor_arg(),
+            k.clone().into_tensor_arg(),
+            v.clone().into_tensor_arg(),
+            d_out.clone().into_tensor_arg(),
+            lse.clone().into_tensor_arg(),
+            delta.clone().into_tensor_arg(),
+            cu_seqlens.clone().into_tensor_arg(),
+            dk.clone().into_tensor_arg(),
+            dv.clone().into_tensor_arg(),
+            scale,
+            band.window,
+            head_dim,
+            band.planes,
+            dtypes,
+        );
+        flash_attention_varlen_dq_band_kernel::launch::<R>(
+            &client,
+            grid(band.block_m()),
+            cube_dim,
+            vector,
+            q.into_tensor_arg(),
+            k.into_tensor_arg(),
+            v.into_tensor_arg(),
+            d_out.into_tensor_arg(),
+            lse.into_tensor_arg(),
+            delta.into_tensor_arg(),
+            cu_seqlens.into_tensor_arg(),
+            dq.clone().into_tensor_arg(),
+            scale,
+            band.window,
+            head_dim,
+            band.planes,
+            dtypes,
+        );
+        record_backward_kernel_path(KernelPath::MmaBand);
+        return (dq, dk, dv);
+    }
     let mma_vector = match choice {
         PathChoice::Auto => mma_plan(
             &client,

@@ -2,8 +2,10 @@
 //! of kernel, block sizes, output allocation.
 //!
 //! f16/bf16 inputs take, in order of preference:
-//! - the `mma.sync` kernel (`kernel_mma.rs`, softmax in registers) where the device has
-//!   m16n8k16 with f32 accumulators and `ldmatrix` for that dtype (CUDA sm80 and later);
+//! - the `mma.sync` kernels where the device has m16n8k16 with f32 accumulators and
+//!   `ldmatrix` for that dtype (CUDA sm80 and later): for a window of a multiple of 8 up to
+//!   ±64 the band kernel (`kernel_mma_band.rs`, [`BandShape`]), else `kernel_mma.rs`, both
+//!   with the softmax in registers;
 //! - the cmma kernel (`kernel_cmma.rs`) where it has cmma 16×16×16 with f32 accumulators,
 //!   fixed-size planes and enough shared memory;
 //!
@@ -23,6 +25,7 @@ use cubecl::prelude::*;
 use super::kernel::flash_attention_varlen_kernel;
 use super::kernel_cmma::{flash_attention_varlen_cmma_kernel, PAD, PAD_F32, TILE};
 use super::kernel_mma::flash_attention_varlen_mma_kernel;
+use super::kernel_mma_band::flash_attention_varlen_band_kernel;
 use super::mma_tiles::MMA_N;
 use super::passes::{head_dim_loop, staging_loop, walked_tiles, TilePasses};
 use super::{record_kernel_path, KernelPath, VarlenMeta, PATH_ENV};
@@ -115,6 +118,60 @@ impl MmaShape {
         rows * (head_dim + PAD) * 2 + 5 * 128
     }
 }
+/// The cube of the sliding-window mma kernels (`band.rs`): `planes` planes of 16 own rows,
+/// which stage the span of rows their block sees at ±`window` at once.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BandShape {
+    pub(crate) planes: usize,
+    pub(crate) window: usize,
+}
+
+impl BandShape {
+    /// Widest window the band kernels take: the span (and shared memory) grows with the
+    /// window, and they were measured at ModernBERT's ±64 only.
+    const MAX_WINDOW: usize = 64;
+
+    /// The band cube of `planes` planes for a window of ±`window`, if the band kernels take
+    /// it: a multiple of 8 up to [`Self::MAX_WINDOW`] (bands of whole 16-row blocks).
+    pub(crate) fn new(window: Option<usize>, planes: usize) -> Option<Self> {
+        let window = window.filter(|w| w % 8 == 0 && *w <= Self::MAX_WINDOW)?;
+        Some(Self { planes, window })
+    }
+
+    /// The forward's cube: eight planes up to head_dim 64, so 128 queries stage a 256-key
+    /// span at ±64 (two keys per query where 64 queries took three), and two such cubes, 16
+    /// warps, fit on an H200 SM; four beyond (the span's shared memory). [`PLANES_ENV`]
+    /// overrides the choice for tuning runs.
+    fn forward(window: Option<usize>, head_dim: usize) -> Option<Self> {
+        let planes = planes_override().unwrap_or(if head_dim > 64 { 4 } else { 8 });
+        Self::new(window, planes)
+    }
+
+    /// Own rows per cube.
+    pub(crate) fn block_m(self) -> usize {
+        TILE * self.planes
+    }
+
+    /// Rows of the span on the other side.
+    pub(crate) fn span_rows(self) -> usize {
+        self.block_m() + 2 * self.window
+    }
+
+    /// Bytes of shared memory for `own_tiles` tiles of own rows and `span_tiles` spans, all
+    /// of `head_dim` elements in the 2-byte input dtype, and `arrays` arrays in all (with the
+    /// barrier), each padded to its alignment.
+    pub(crate) fn tile_bytes(
+        self,
+        head_dim: usize,
+        own_tiles: usize,
+        span_tiles: usize,
+        arrays: usize,
+    ) -> usize {
+        let rows = own_tiles * self.block_m() + span_tiles * self.span_rows();
+        rows * (head_dim + PAD) * 2 + arrays * 128
+    }
+}
+
 /// Widest vector the tensor-core kernel moves to and from global memory (16 bytes of f16).
 const CMMA_MAX_VECTOR: usize = 8;
 
@@ -299,40 +356,67 @@ pub fn varlen_attention_forward<R: CubeRuntime>(
     };
     let (f_dtype, i_dtype) = (q.dtype, cu_seqlens.dtype);
     let choice = path_choice();
-    let shape = MmaShape::forward(meta.window.is_some(), head_dim);
-    let mma_vector = match choice {
-        PathChoice::Auto => mma_plan(
+    if choice == PathChoice::Auto {
+        let band = BandShape::forward(meta.window, head_dim);
+        let band_plan = band.and_then(|band| {
+            // The Q tile, the K and V spans, the output scratch and the barrier.
+            let shared_bytes = band.tile_bytes(head_dim, 2, 2, 5);
+            let plan = mma_plan(&client, f_dtype, head_dim, band.planes, shared_bytes);
+            Some((band, plan?))
+        });
+        if let Some((band, vector)) = band_plan {
+            flash_attention_varlen_band_kernel::launch::<R>(
+                &client,
+                grid(band.block_m()),
+                CubeDim::new_2d(32, band.planes as u32),
+                vector,
+                q.into_tensor_arg(),
+                k.into_tensor_arg(),
+                v.into_tensor_arg(),
+                cu_seqlens.into_tensor_arg(),
+                out.clone().into_tensor_arg(),
+                lse.clone().into_tensor_arg(),
+                meta.scale,
+                band.window,
+                head_dim,
+                band.planes,
+                [f_dtype.into(), i_dtype.into()],
+            );
+            record_kernel_path(KernelPath::MmaBand);
+            return (out, lse);
+        }
+        let shape = MmaShape::forward(meta.window.is_some(), head_dim);
+        let mma_vector = mma_plan(
             &client,
             f_dtype,
             head_dim,
             shape.planes,
             shape.shared_bytes(head_dim),
-        ),
-        PathChoice::Cmma | PathChoice::Plain => None,
-    };
-    if let Some(vector) = mma_vector {
-        flash_attention_varlen_mma_kernel::launch::<R>(
-            &client,
-            grid(shape.block_m()),
-            CubeDim::new_2d(32, shape.planes as u32),
-            vector,
-            q.into_tensor_arg(),
-            k.into_tensor_arg(),
-            v.into_tensor_arg(),
-            cu_seqlens.into_tensor_arg(),
-            out.clone().into_tensor_arg(),
-            lse.clone().into_tensor_arg(),
-            meta.scale,
-            meta.window.unwrap_or(0) as u32,
-            head_dim,
-            CMMA_BLOCK_N,
-            shape.planes,
-            shape.m_tiles,
-            meta.window.is_some(),
-            [f_dtype.into(), i_dtype.into()],
         );
-        record_kernel_path(KernelPath::Mma);
-        return (out, lse);
+        if let Some(vector) = mma_vector {
+            flash_attention_varlen_mma_kernel::launch::<R>(
+                &client,
+                grid(shape.block_m()),
+                CubeDim::new_2d(32, shape.planes as u32),
+                vector,
+                q.into_tensor_arg(),
+                k.into_tensor_arg(),
+                v.into_tensor_arg(),
+                cu_seqlens.into_tensor_arg(),
+                out.clone().into_tensor_arg(),
+                lse.clone().into_tensor_arg(),
+                meta.scale,
+                meta.window.unwrap_or(0) as u32,
+                head_dim,
+                CMMA_BLOCK_N,
+                shape.planes,
+                shape.m_tiles,
+                meta.window.is_some(),
+                [f_dtype.into(), i_dtype.into()],
+            );
+            record_kernel_path(KernelPath::Mma);
+            return (out, lse);
+        }
     }
     let plan = if choice == PathChoice::Plain {
         None

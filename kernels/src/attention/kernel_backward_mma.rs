@@ -37,7 +37,7 @@ use super::kernel_cmma::{PAD, SMEM_ALIGN, TILE};
 use super::mma_tiles::{
     accumulate_block_products, accumulate_products, mask_scores, mma_cube, output_scratch,
     own_operands, scores, scratch_stride, stage_and_wait, staged_tile, tile_operand, tile_vectors,
-    write_rows, zero_accumulators, AccPair, MmaCube, Pair, MMA_N,
+    write_rows, zero_accumulators, AccPair, MmaCube, Pair, MMA_N, QUAD,
 };
 use super::staging::{copy_row_values_pair_async, copy_rows_async, stage_rows};
 
@@ -64,7 +64,7 @@ pub fn flash_attention_varlen_dq_mma_kernel<F: Float, I: Numeric, N: Size>(
     let window = window as usize;
     let cube = mma_cube(cu_seqlens, q.shape(1), window, planes, 1usize, windowed);
     let block = cube.range.clone();
-    let (g, head, heads, q0) = (cube.g, cube.head, cube.heads, cube.row0);
+    let (head, heads, q0) = (cube.head, cube.heads, cube.row0);
 
     let mut own_tile = staged_tile::<F, N>(comptime!(TILE * planes), head_dim);
     let mut k_tile = staged_tile::<F, N>(block_n, head_dim);
@@ -75,20 +75,7 @@ pub fn flash_attention_varlen_dq_mma_kernel<F: Float, I: Numeric, N: Size>(
     let q_ops = own_operands(q, &mut own_tile, &cube, head_dim, planes, 1usize);
     let do_ops = own_operands(d_out, &mut own_tile, &cube, head_dim, planes, 1usize);
 
-    // lse and D of the lane's rows g and g + 8.
-    let mut row_lse = Array::<f32>::new(2usize);
-    let mut row_delta = Array::<f32>::new(2usize);
-    #[unroll]
-    for e in 0..comptime!(2usize) {
-        let qi = q0 + cube.first_row + g + 8 * e;
-        row_lse[e] = 0.0;
-        row_delta[e] = 0.0;
-        if qi < block.len {
-            let index = (block.start + qi) * heads + head;
-            row_lse[e] = lse[index];
-            row_delta[e] = delta[index];
-        }
-    }
+    let (row_lse, row_delta) = lane_row_values(lse, delta, &cube);
 
     let mut dq_acc = zero_accumulators(head_dim);
     let tiles = (block.k_hi - block.k_lo).div_ceil(block_n);
@@ -132,24 +119,7 @@ pub fn flash_attention_varlen_dq_mma_kernel<F: Float, I: Numeric, N: Size>(
             1usize,
             windowed,
         );
-        #[unroll]
-        for e in 0..comptime!(2usize) {
-            #[unroll]
-            for n in 0..comptime!(block_n / MMA_N) {
-                let s_acc = ds.index(n);
-                let s_pair = s_acc[e];
-                let dp_acc = dp.index(n);
-                let dp_pair = dp_acc[e];
-                let mut pair = AccPair::new(0.0);
-                #[unroll]
-                for c in 0..comptime!(2usize) {
-                    let p = fma(s_pair[c], scale, -row_lse[e]).exp();
-                    pair[c] = p * (dp_pair[c] - row_delta[e]);
-                }
-                let acc = ds.index_mut(n);
-                acc[e] = pair;
-            }
-        }
+        score_gradients(&mut ds, &dp, &row_lse, &row_delta, scale, block_n);
         accumulate_products(&mut dq_acc, &ds, &k_tile, 0usize, block_n, head_dim, 1usize);
     }
 
@@ -194,7 +164,7 @@ pub fn flash_attention_varlen_dkv_mma_kernel<F: Float, I: Numeric, N: Size, A: S
     // The cube's own rows are keys; its range is the queries that see them.
     let cube = mma_cube(cu_seqlens, q.shape(1), window, planes, 1usize, windowed);
     let range = cube.range.clone();
-    let (t, k0) = (cube.t, cube.row0);
+    let k0 = cube.row0;
 
     let units = comptime!(32 * planes);
     let mut own_tile = staged_tile::<F, N>(comptime!(TILE * planes), head_dim);
@@ -289,29 +259,15 @@ pub fn flash_attention_varlen_dkv_mma_kernel<F: Float, I: Numeric, N: Size, A: S
             1usize,
             windowed,
         );
-        #[unroll]
-        for e in 0..comptime!(2usize) {
-            #[unroll]
-            for n in 0..comptime!(block_n / MMA_N) {
-                let s_acc = p_t.index(n);
-                let s_pair = s_acc[e];
-                let dp_acc = ds_t.index(n);
-                let dp_pair = dp_acc[e];
-                let mut p_pair = AccPair::new(0.0);
-                let mut ds_pair = AccPair::new(0.0);
-                #[unroll]
-                for c in 0..comptime!(2usize) {
-                    let column = row_values + n * MMA_N + 2 * t + c;
-                    let p = fma(s_pair[c], scale, -lse_tiles[column]).exp();
-                    p_pair[c] = p;
-                    ds_pair[c] = p * (dp_pair[c] - delta_tiles[column]);
-                }
-                let p_acc = p_t.index_mut(n);
-                p_acc[e] = p_pair;
-                let ds_acc = ds_t.index_mut(n);
-                ds_acc[e] = ds_pair;
-            }
-        }
+        transposed_score_gradients(
+            &mut p_t,
+            &mut ds_t,
+            &lse_tiles,
+            &delta_tiles,
+            row_values,
+            scale,
+            block_n,
+        );
         if comptime!(fused_dq) {
             store_scaled_transpose(&ds_t, scale, &mut ds_tile, &cube, block_n, block_m);
         }
@@ -375,6 +331,97 @@ pub fn flash_attention_varlen_dkv_mma_kernel<F: Float, I: Numeric, N: Size, A: S
         head_dim,
         1usize,
     );
+}
+
+/// lse and D of the lane's own query rows `g` and `g + 8` (zeros past the sequence end).
+#[cube]
+pub fn lane_row_values(
+    lse: &Tensor<f32>,
+    delta: &Tensor<f32>,
+    cube: &MmaCube,
+) -> (Array<f32>, Array<f32>) {
+    let block = &cube.range;
+    let mut row_lse = Array::<f32>::new(2usize);
+    let mut row_delta = Array::<f32>::new(2usize);
+    #[unroll]
+    for e in 0..comptime!(2usize) {
+        let qi = cube.row0 + cube.first_row + cube.g + 8 * e;
+        row_lse[e] = 0.0;
+        row_delta[e] = 0.0;
+        if qi < block.len {
+            let index = (block.start + qi) * cube.heads + cube.head;
+            row_lse[e] = lse[index];
+            row_delta[e] = delta[index];
+        }
+    }
+    (row_lse, row_delta)
+}
+
+/// `dS = P ∘ (dP − D)` in place of the plane's (masked) scores `S` over `cols` keys, with
+/// `P = exp(S · scale − lse)` recomputed from its rows' lse and D ([`lane_row_values`]).
+#[cube]
+pub fn score_gradients(
+    s: &mut Sequence<Array<AccPair>>,
+    dp: &Sequence<Array<AccPair>>,
+    row_lse: &Array<f32>,
+    row_delta: &Array<f32>,
+    scale: f32,
+    #[comptime] cols: usize,
+) {
+    #[unroll]
+    for e in 0..comptime!(2usize) {
+        #[unroll]
+        for n in 0..comptime!(cols / MMA_N) {
+            let s_pair = s.index(n)[e];
+            let dp_pair = dp.index(n)[e];
+            let mut pair = AccPair::new(0.0);
+            #[unroll]
+            for c in 0..comptime!(2usize) {
+                let p = fma(s_pair[c], scale, -row_lse[e]).exp();
+                pair[c] = p * (dp_pair[c] - row_delta[e]);
+            }
+            let acc = s.index_mut(n);
+            acc[e] = pair;
+        }
+    }
+}
+
+/// The transposed form for the dK/dV kernels: the plane's (masked) `Sᵀ` (rows = its keys,
+/// `cols` columns = queries) becomes `Pᵀ` and its `dPᵀ` becomes `dSᵀ`, in place, with each
+/// query's lse and D from shared memory (column `j` at `first_column + j`).
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub fn transposed_score_gradients(
+    p_t: &mut Sequence<Array<AccPair>>,
+    ds_t: &mut Sequence<Array<AccPair>>,
+    lse_tile: &SharedMemory<f32>,
+    delta_tile: &SharedMemory<f32>,
+    first_column: usize,
+    scale: f32,
+    #[comptime] cols: usize,
+) {
+    let t = UNIT_POS_X as usize % QUAD;
+    #[unroll]
+    for e in 0..comptime!(2usize) {
+        #[unroll]
+        for n in 0..comptime!(cols / MMA_N) {
+            let s_pair = p_t.index(n)[e];
+            let dp_pair = ds_t.index(n)[e];
+            let mut p_pair = AccPair::new(0.0);
+            let mut ds_pair = AccPair::new(0.0);
+            #[unroll]
+            for c in 0..comptime!(2usize) {
+                let column = first_column + n * MMA_N + 2 * t + c;
+                let p = fma(s_pair[c], scale, -lse_tile[column]).exp();
+                p_pair[c] = p;
+                ds_pair[c] = p * (dp_pair[c] - delta_tile[column]);
+            }
+            let p_acc = p_t.index_mut(n);
+            p_acc[e] = p_pair;
+            let ds_acc = ds_t.index_mut(n);
+            ds_acc[e] = ds_pair;
+        }
+    }
 }
 
 /// Issues the asynchronous copies of query tile `qb ..` (`block_n` rows, zeros past the

@@ -509,7 +509,7 @@ pub fn write_rows<F: Float, N: Size, E: Float>(
 
 /// Offset, in vectors of `N`, of element `column` of row `row` of a staged tile.
 #[cube]
-fn tile_offset<N: Size>(row: usize, column: usize, #[comptime] head_dim: usize) -> usize {
+pub fn tile_offset<N: Size>(row: usize, column: usize, #[comptime] head_dim: usize) -> usize {
     (row * comptime!(head_dim + PAD) + column) / N::value()
 }
 

@@ -4,14 +4,17 @@
 //! `cu_seqlens` holds their offsets (HF / flash-attn convention). Each token attends only to
 //! tokens of its own sequence, and with a window only to those at most `window` positions
 //! away (ModernBERT's local layers: 64). Backends with CubeCL run our kernels (for f16/bf16
-//! the `mma.sync` `kernel_mma.rs` on CUDA sm80+, else the cmma `kernel_cmma.rs` where the
-//! device has cmma, else the plain `kernel.rs`; `forward.rs` chooses; the backward likewise:
+//! the `mma.sync` `kernel_mma.rs`, or `kernel_mma_band.rs` for windows, on CUDA sm80+, else
+//! the cmma `kernel_cmma.rs` where the device has cmma, else the plain `kernel.rs`;
+//! `forward.rs` chooses; the backward likewise:
 //! `kernel_backward_mma.rs`, `kernel_backward_cmma.rs` or `kernel_backward.rs`, chosen in
 //! `backward.rs`, after `delta.rs`'s `rowsum(dO ∘ O)`); every other backend runs
 //! `reference.rs`.
 
 #[cfg(feature = "cube")]
 pub(crate) mod backward;
+#[cfg(feature = "cube")]
+mod band;
 #[cfg(feature = "cube")]
 mod cmma_tiles;
 #[cfg(feature = "cube")]
@@ -27,9 +30,15 @@ mod kernel_backward_cmma;
 #[cfg(feature = "cube")]
 mod kernel_backward_mma;
 #[cfg(feature = "cube")]
+mod kernel_backward_mma_band;
+#[cfg(feature = "cube")]
 mod kernel_cmma;
 #[cfg(feature = "cube")]
 mod kernel_mma;
+#[cfg(feature = "cube")]
+mod kernel_mma_band;
+#[cfg(feature = "cube")]
+mod mma_softmax;
 #[cfg(feature = "cube")]
 mod mma_tiles;
 #[cfg(feature = "cube")]
@@ -110,6 +119,10 @@ pub enum KernelPath {
     /// `mma.sync` tiles with the element-wise work in registers (CUDA sm80+), f16/bf16
     /// inputs with f32 accumulation; in the backward, the deterministic pair of kernels.
     Mma,
+    /// The sliding-window `mma.sync` kernels, whose planes compute just the rows on the other
+    /// side that their own rows see (windows of a multiple of 8 up to ±64); in the backward a
+    /// deterministic pair.
+    MmaBand,
     /// The backward only: one `mma.sync` kernel for dQ, dK and dV, dQ summed across blocks
     /// of keys with f32 atomics (the default where [`KernelPath::Mma`] applies; not bitwise
     /// reproducible, see [`set_deterministic`]).
@@ -131,6 +144,7 @@ impl PathRecord {
             KernelPath::TensorCore => 2,
             KernelPath::Mma => 3,
             KernelPath::MmaAtomicDq => 4,
+            KernelPath::MmaBand => 5,
         };
         self.0.store(code, Ordering::Relaxed);
     }
@@ -141,6 +155,7 @@ impl PathRecord {
             2 => Some(KernelPath::TensorCore),
             3 => Some(KernelPath::Mma),
             4 => Some(KernelPath::MmaAtomicDq),
+            5 => Some(KernelPath::MmaBand),
             _ => None,
         }
     }

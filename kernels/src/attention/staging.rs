@@ -212,6 +212,32 @@ pub fn copy_rows_async<F: Float, N: Size>(
     #[comptime] head_dim: usize,
     #[comptime] units: usize,
 ) {
+    copy_shifted_rows_async(
+        src, tile, tile_start, start, first, end, head, heads, unit, 0usize, rows, head_dim, units,
+    );
+}
+
+/// As [`copy_rows_async`], with the rows counted from `shift` positions before the sequence
+/// start (the sliding-window kernel's key span begins `window` before its first query, which
+/// may lie before the sequence): tile row `i` holds position `first + i − shift`, zeros where
+/// that lies before the sequence or at and past `end`.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub fn copy_shifted_rows_async<F: Float, N: Size>(
+    src: &Tensor<Vector<F, N>>,
+    tile: &mut SharedMemory<Vector<F, N>>,
+    tile_start: usize,
+    start: usize,
+    first: usize,
+    end: usize,
+    head: usize,
+    heads: usize,
+    unit: usize,
+    #[comptime] shift: usize,
+    #[comptime] rows: usize,
+    #[comptime] head_dim: usize,
+    #[comptime] units: usize,
+) {
     let vector = N::value();
     let row_vectors = comptime!(head_dim / vector);
     let tile_row_vectors = comptime!((head_dim + PAD) / vector);
@@ -224,10 +250,10 @@ pub fn copy_rows_async<F: Float, N: Size>(
             let column = e % row_vectors;
             let at = tile_start + row * tile_row_vectors + column;
             let mut destination = tile.slice_mut(at, at + 1);
-            let position = first + row;
-            if position < end {
+            let shifted = first + row;
+            if shifted >= shift && shifted < end + shift {
                 // In range: `cu_seqlens` is validated on the host against the shapes.
-                let index = ((start + position) * heads + head) * row_vectors + column;
+                let index = ((start + shifted - shift) * heads + head) * row_vectors + column;
                 copy_async(
                     &src.slice(index, index + 1),
                     &mut destination,
