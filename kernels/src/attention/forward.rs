@@ -84,11 +84,11 @@ struct MmaShape {
 impl MmaShape {
     /// Global attention: [`CMMA_PLANES`] planes of two m-tiles (32 query rows, as
     /// FlashAttention-2's forward: each K or V operand read from shared memory feeds two
-    /// products). A window: 64 rows per cube, whose range at ±64 is three 64-key tiles where
-    /// 128 rows would see four for twice the rows (a lower share of visible pairs), as four
-    /// planes of one m-tile: the kernel is latency-bound, and with 128 registers (two
-    /// m-tiles take 238) an H200 SM holds four such cubes, 16 warps, where two planes of two
-    /// m-tiles held 8 (BENCHMARKS.md, session 11). Beyond head_dim 64 one m-tile (the
+    /// products). A window that the band kernel ([`BandShape`]) does not take: 64 rows per
+    /// cube (at ±64 three 64-key tiles, where 128 rows would see four for twice the rows, a
+    /// lower share of visible pairs), as four planes of one m-tile: the kernel is
+    /// latency-bound, and with 128 registers (two m-tiles take 238) an H200 SM holds four such
+    /// cubes, 16 warps, where two planes of two m-tiles held 8 (BENCHMARKS.md, session 11). Beyond head_dim 64 one m-tile (the
     /// accumulators would not fit in registers). [`M_TILES_ENV`] and [`PLANES_ENV`] override
     /// the choice for tuning runs.
     fn forward(windowed: bool, head_dim: usize) -> Self {
@@ -118,6 +118,7 @@ impl MmaShape {
         rows * (head_dim + PAD) * 2 + 5 * 128
     }
 }
+
 /// The cube of the sliding-window mma kernels (`band.rs`): `planes` planes of 16 own rows,
 /// which stage the span of rows their block sees at ±`window` at once.
 #[derive(Debug, Clone, Copy)]

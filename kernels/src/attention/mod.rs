@@ -71,11 +71,12 @@ static DETERMINISTIC: AtomicU8 = AtomicU8::new(0);
 
 /// Makes the attention backward bitwise reproducible (`true`) or lets it take the fastest kernel
 /// (`false`, the default), process-wide, like PyTorch's `torch.use_deterministic_algorithms`. Only
-/// the `mma.sync` path (f16/bf16 on CUDA sm80+) differs: by default (head_dim a multiple of 32) one
-/// kernel computes dQ, dK and dV and sums dQ across blocks of keys with f32 atomics, whose order
-/// varies; deterministic, it runs two kernels, each gradient summed in a fixed order (on the H200,
-/// 3–4% slower forward+backward at 512 and 8192 tokens, global or windowed, see BENCHMARKS.md).
-/// Every other path is deterministic anyway.
+/// the `mma.sync` path (f16/bf16 on CUDA sm80+) of global attention (and of windows the band
+/// kernels do not take) differs: by default (head_dim a multiple of 32) one kernel computes dQ,
+/// dK and dV and sums dQ across blocks of keys with f32 atomics, whose order varies;
+/// deterministic, it runs two kernels, each gradient summed in a fixed order (on the H200, 2–3%
+/// slower forward+backward at 512 and 8192 tokens, see BENCHMARKS.md). Every other path is
+/// deterministic anyway, the band kernels of sliding windows included.
 pub fn set_deterministic(on: bool) {
     DETERMINISTIC.store(if on { 2 } else { 1 }, Ordering::Relaxed);
 }
