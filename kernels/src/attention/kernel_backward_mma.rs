@@ -123,18 +123,7 @@ pub fn flash_attention_varlen_dq_mma_kernel<F: Float, I: Numeric, N: Size>(
         accumulate_products(&mut dq_acc, &ds, &k_tile, 0usize, block_n, head_dim, 1usize);
     }
 
-    let mut row_scale = Array::<f32>::new(2usize);
-    row_scale[0usize] = scale;
-    row_scale[1usize] = scale;
-    write_rows(
-        &dq_acc,
-        &row_scale,
-        &mut scratch,
-        dq,
-        &cube,
-        head_dim,
-        1usize,
-    );
+    write_scaled_rows(&dq_acc, scale, &mut scratch, dq, &cube, head_dim);
 }
 
 /// `dK` and `dV` for a block of `16 · planes` keys per cube, query tiles of `block_n`.
@@ -308,29 +297,25 @@ pub fn flash_attention_varlen_dkv_mma_kernel<F: Float, I: Numeric, N: Size, A: S
         sync_cube(); // every unit is done with the scratch's dQ
     }
 
+    write_scaled_rows(&dk_acc, scale, &mut scratch, dk, &cube, head_dim);
+    write_scaled_rows(&dv_acc, 1.0, &mut scratch, dv, &cube, head_dim);
+}
+
+/// Writes the plane's 16 own rows of `acc` (`head_dim / 8` accumulators) times `scale` to
+/// `out`, through `scratch` ([`write_rows`]).
+#[cube]
+pub fn write_scaled_rows<F: Float, N: Size, E: Float>(
+    acc: &Sequence<Array<AccPair>>,
+    scale: f32,
+    scratch: &mut SharedMemory<E>,
+    out: &mut Tensor<Vector<F, N>>,
+    cube: &MmaCube,
+    #[comptime] head_dim: usize,
+) {
     let mut row_scale = Array::<f32>::new(2usize);
     row_scale[0usize] = scale;
     row_scale[1usize] = scale;
-    write_rows(
-        &dk_acc,
-        &row_scale,
-        &mut scratch,
-        dk,
-        &cube,
-        head_dim,
-        1usize,
-    );
-    row_scale[0usize] = 1.0;
-    row_scale[1usize] = 1.0;
-    write_rows(
-        &dv_acc,
-        &row_scale,
-        &mut scratch,
-        dv,
-        &cube,
-        head_dim,
-        1usize,
-    );
+    write_rows(acc, &row_scale, scratch, out, cube, head_dim, 1usize);
 }
 
 /// lse and D of the lane's own query rows `g` and `g + 8` (zeros past the sequence end).

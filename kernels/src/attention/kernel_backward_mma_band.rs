@@ -19,11 +19,13 @@ use cubecl::prelude::barrier::Barrier;
 use cubecl::prelude::*;
 
 use super::band::{band_chunks, chunk_columns, copy_span_stage_async, mask_band_chunk, span_rows};
-use super::kernel_backward_mma::{lane_row_values, score_gradients, transposed_score_gradients};
+use super::kernel_backward_mma::{
+    lane_row_values, score_gradients, transposed_score_gradients, write_scaled_rows,
+};
 use super::kernel_cmma::{SMEM_ALIGN, TILE};
 use super::mma_tiles::{
     accumulate_products, mma_cube, output_scratch, own_operands, scores, staged_tile, tile_offset,
-    write_rows, zero_accumulators, MmaCube,
+    zero_accumulators, MmaCube,
 };
 
 /// Keys per chunk of the dQ kernel: three 16-key blocks (a band of 144 at ±64 is three).
@@ -125,18 +127,7 @@ pub fn flash_attention_varlen_dq_band_kernel<F: Float, I: Numeric, N: Size>(
             }
         }
 
-        let mut row_scale = Array::<f32>::new(2usize);
-        row_scale[0usize] = scale;
-        row_scale[1usize] = scale;
-        write_rows(
-            &dq_acc,
-            &row_scale,
-            &mut scratch,
-            dq,
-            &cube,
-            head_dim,
-            1usize,
-        );
+        write_scaled_rows(&dq_acc, scale, &mut scratch, dq, &cube, head_dim);
     }
 }
 
@@ -265,29 +256,8 @@ pub fn flash_attention_varlen_dkv_band_kernel<F: Float, I: Numeric, N: Size>(
             }
         }
 
-        let mut row_scale = Array::<f32>::new(2usize);
-        row_scale[0usize] = scale;
-        row_scale[1usize] = scale;
-        write_rows(
-            &dk_acc,
-            &row_scale,
-            &mut scratch,
-            dk,
-            &cube,
-            head_dim,
-            1usize,
-        );
-        row_scale[0usize] = 1.0;
-        row_scale[1usize] = 1.0;
-        write_rows(
-            &dv_acc,
-            &row_scale,
-            &mut scratch,
-            dv,
-            &cube,
-            head_dim,
-            1usize,
-        );
+        write_scaled_rows(&dk_acc, scale, &mut scratch, dk, &cube, head_dim);
+        write_scaled_rows(&dv_acc, 1.0, &mut scratch, dv, &cube, head_dim);
     }
 }
 
