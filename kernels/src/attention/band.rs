@@ -32,7 +32,7 @@ use super::staging::copy_shifted_rows_async;
 use super::tiling::NEG_BIG;
 
 /// Columns in a plane's band at ±`window`.
-pub fn band_columns(window: usize) -> usize {
+fn band_columns(window: usize) -> usize {
     TILE + 2 * window
 }
 

@@ -25,8 +25,9 @@ use super::kernel_backward_mma::{
 use super::kernel_cmma::{SMEM_ALIGN, TILE};
 use super::mma_tiles::{
     accumulate_products, mma_cube, output_scratch, own_operands, scores, staged_tile, tile_offset,
-    zero_accumulators, MmaCube,
+    zero_accumulators,
 };
+use super::staging::stage_shifted_row_values_pair;
 
 /// Keys per chunk of the dQ kernel: three 16-key blocks (a band of 144 at ±64 is three).
 const DQ_CHUNK: usize = 48;
@@ -182,14 +183,22 @@ pub fn flash_attention_varlen_dkv_band_kernel<F: Float, I: Numeric, N: Size>(
             DKV_CHUNK,
         );
         copies.commit_copy_async();
-        stage_span_values(
+        // lse and D of the span's queries (zeros outside the sequence, whose scores are
+        // masked): plain loads, visible to every unit once the barrier completes below.
+        stage_shifted_row_values_pair(
             lse,
             delta,
             &mut lse_span,
             &mut delta_span,
-            &cube,
+            range.start,
+            cube.row0,
+            range.len,
+            cube.head,
+            cube.heads,
+            cube.unit,
+            comptime!(32 * planes),
             window,
-            planes,
+            span,
         );
         let v_ops = own_operands(v, &mut own_tile, &cube, head_dim, planes, 1usize);
         let k_ops = own_operands(k, &mut own_tile, &cube, head_dim, planes, 1usize);
@@ -258,41 +267,5 @@ pub fn flash_attention_varlen_dkv_band_kernel<F: Float, I: Numeric, N: Size>(
 
         write_scaled_rows(&dk_acc, scale, &mut scratch, dk, &cube, head_dim);
         write_scaled_rows(&dv_acc, 1.0, &mut scratch, dv, &cube, head_dim);
-    }
-}
-
-/// Stores lse and D of the cube's query span (`band.rs`: span row `i` is query
-/// `row0 − window + i`) into `lse_span` and `delta_span`, zeros outside the sequence (their
-/// scores are masked). Plain loads and stores by every unit of the cube, visible to all of
-/// them once the cube's barrier next completes a phase.
-#[cube]
-fn stage_span_values(
-    lse: &Tensor<f32>,
-    delta: &Tensor<f32>,
-    lse_span: &mut SharedMemory<f32>,
-    delta_span: &mut SharedMemory<f32>,
-    cube: &MmaCube,
-    #[comptime] window: usize,
-    #[comptime] planes: usize,
-) {
-    let span = comptime!(span_rows(window, planes));
-    let units = comptime!(32 * planes);
-    let range = &cube.range;
-    #[unroll]
-    for i in 0..comptime!(span.div_ceil(units)) {
-        let row = cube.unit + i * units;
-        if comptime!(span % units == 0) || row < span {
-            // Counted from `window` before the query, as in `copy_shifted_rows_async`.
-            let shifted = cube.row0 + row;
-            let mut row_lse = 0.0;
-            let mut row_delta = 0.0;
-            if shifted >= window && shifted < range.len + window {
-                let index = (range.start + shifted - window) * cube.heads + cube.head;
-                row_lse = lse[index];
-                row_delta = delta[index];
-            }
-            lse_span[row] = row_lse;
-            delta_span[row] = row_delta;
-        }
     }
 }

@@ -20,10 +20,10 @@
 //!    with `ldmatrix` once for all its m-tiles;
 //! 3. masks them (sequence, window) unless the whole tile is visible to the plane's rows
 //!    ([`mask_scores`]: only tiles at a sequence's end or a window's edge), and, in
-//!    [`softmax_step`] (`mma_softmax.rs`), raises the running max `m` per row (on unscaled scores), rescales the running sum `l` and,
-//!    when a row of the plane raised its max, the output accumulators by
-//!    `exp((m_old − m_new) · scale)`, and takes `P = exp(S · scale − m · scale)`, one fused
-//!    multiply-add and one exponential each;
+//!    [`softmax_step`] (`mma_softmax.rs`), raises the running max `m` per row (on unscaled
+//!    scores), rescales the running sum `l` and, when a row of the plane raised its max, the
+//!    output accumulators by `exp((m_old − m_new) · scale)`, and takes
+//!    `P = exp(S · scale − m · scale)`, one fused multiply-add and one exponential each;
 //! 4. `O += P·V`, B operands of V read with `ldmatrix.trans`.
 //!
 //! At the end each row is divided by its `l`, narrowed into a scratch of the input dtype

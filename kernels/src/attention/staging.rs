@@ -175,14 +175,40 @@ pub fn stage_row_values_pair(
     units: usize,
     #[comptime] rows: usize,
 ) {
+    stage_shifted_row_values_pair(
+        a, b, a_tile, b_tile, start, first, end, head, heads, unit, units, 0usize, rows,
+    );
+}
+
+/// As [`stage_row_values_pair`], with the rows counted from `shift` positions before the
+/// sequence start (as [`copy_shifted_rows_async`]): tile row `i` holds position
+/// `first + i − shift`, zeros where that lies before the sequence or at and past `end`.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub fn stage_shifted_row_values_pair(
+    a: &Tensor<f32>,
+    b: &Tensor<f32>,
+    a_tile: &mut SharedMemory<f32>,
+    b_tile: &mut SharedMemory<f32>,
+    start: usize,
+    first: usize,
+    end: usize,
+    head: usize,
+    heads: usize,
+    unit: usize,
+    units: usize,
+    #[comptime] shift: usize,
+    #[comptime] rows: usize,
+) {
     let mut i = unit;
     while i < rows {
-        let position = first + i;
+        let shifted = first + i;
         let mut av = 0.0;
         let mut bv = 0.0;
-        if position < end {
-            av = a[(start + position) * heads + head];
-            bv = b[(start + position) * heads + head];
+        if shifted >= shift && shifted < end + shift {
+            let index = (start + shifted - shift) * heads + head;
+            av = a[index];
+            bv = b[index];
         }
         a_tile[i] = av;
         b_tile[i] = bv;
