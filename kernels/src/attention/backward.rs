@@ -150,17 +150,24 @@ pub fn varlen_attention_backward<R: CubeRuntime>(
     // The dK/dV kernel's shared memory, the larger: its own-row tile, the Q and dO spans, the
     // output scratch, lse and D (f32 per span row) and the barrier.
     let band_plan = band.and_then(|band| {
-        let bytes = band.tile_bytes(head_dim, 2, 2, 7) + 2 * band.span_rows() * 4;
+        let rows = 2 * band.block_m() + 2 * band.span_rows();
+        let bytes = BandShape::tile_bytes(head_dim, rows, 7) + 2 * band.span_rows() * 4;
         Some((
             band,
             mma_plan(&client, q.dtype, head_dim, band.planes, bytes)?,
         ))
     });
     if let Some((band, vector)) = band_plan {
-        let delta = delta(None);
+        // The dQ kernel computes D and writes it for the dK/dV kernel, launched after it.
+        let delta = empty_device_contiguous_dtype(
+            client.clone(),
+            q.device.clone(),
+            Shape::new([total, heads]),
+            DType::F32,
+        );
         let dq = gradient();
         let cube_dim = CubeDim::new_2d(32, band.planes as u32);
-        flash_attention_varlen_dkv_band_kernel::launch::<R>(
+        flash_attention_varlen_dq_band_kernel::launch::<R>(
             &client,
             grid(band.block_m()),
             cube_dim,
@@ -168,19 +175,19 @@ pub fn varlen_attention_backward<R: CubeRuntime>(
             q.clone().into_tensor_arg(),
             k.clone().into_tensor_arg(),
             v.clone().into_tensor_arg(),
+            into_contiguous(out.clone()).into_tensor_arg(),
             d_out.clone().into_tensor_arg(),
             lse.clone().into_tensor_arg(),
-            delta.clone().into_tensor_arg(),
             cu_seqlens.clone().into_tensor_arg(),
-            dk.clone().into_tensor_arg(),
-            dv.clone().into_tensor_arg(),
+            delta.clone().into_tensor_arg(),
+            dq.clone().into_tensor_arg(),
             scale,
             band.window,
             head_dim,
             band.planes,
             dtypes,
         );
-        flash_attention_varlen_dq_band_kernel::launch::<R>(
+        flash_attention_varlen_dkv_band_kernel::launch::<R>(
             &client,
             grid(band.block_m()),
             cube_dim,
@@ -192,7 +199,8 @@ pub fn varlen_attention_backward<R: CubeRuntime>(
             lse.into_tensor_arg(),
             delta.into_tensor_arg(),
             cu_seqlens.into_tensor_arg(),
-            dq.clone().into_tensor_arg(),
+            dk.clone().into_tensor_arg(),
+            dv.clone().into_tensor_arg(),
             scale,
             band.window,
             head_dim,

@@ -22,7 +22,9 @@
 //! the span rows that chunk `c` of some plane needs and no earlier chunk did, so that it can
 //! be in flight while the planes compute chunk `c − 1`. Span row `i` holds position
 //! `row0 − window + i`; rows before the sequence are staged as zeros
-//! ([`copy_shifted_rows_async`]).
+//! ([`copy_shifted_rows_async`]). The forward's cubes walk consecutive blocks, whose spans
+//! overlap by `2 · window` rows: they stage them into a ring ([`ring_rows`],
+//! [`copy_span_rows_async`]), the next block's first rows during the last chunk.
 
 use cubecl::prelude::*;
 
@@ -53,14 +55,24 @@ pub fn span_rows(window: usize, planes: usize) -> usize {
 
 /// One past the last span row that chunk `c` of some plane reads: the last plane's band
 /// starts `16 · (planes − 1)` rows into the span.
-fn stage_end(c: usize, window: usize, planes: usize, chunk: usize) -> usize {
+pub fn stage_end(c: usize, window: usize, planes: usize, chunk: usize) -> usize {
     TILE * (planes - 1) + band_columns(window).min(chunk * (c + 1))
 }
 
+/// Rows of the ring into which a cube that walks consecutive blocks stages their spans
+/// (`kernel_mma_band.rs`). During the last chunk of a block it stages the rows of the next
+/// block's first stage that this span lacks (span rows `span .. block_m + stage_end(0)`);
+/// their places in the ring must hold rows no plane reads any more, those before the last
+/// chunk's first column. The span itself is enough at ±64; narrower windows need more rows.
+pub fn ring_rows(window: usize, planes: usize, chunk: usize) -> usize {
+    let last_start = chunk * (band_chunks(window, chunk) - 1);
+    let next_end = TILE * planes + stage_end(0, window, planes, chunk);
+    span_rows(window, planes).max(next_end.saturating_sub(last_start))
+}
+
 /// Issues the asynchronous copies of stage `stage` of the cube's span of two tensors (K and
-/// V, or Q and dO) into `a_span` and `b_span`, zeros where the span lies outside the
-/// sequence. Every unit of the cube takes part; the copies land when the caller's barrier,
-/// to which each unit then commits them, completes its phase.
+/// V, or Q and dO) into `a_span` and `b_span`: the span rows that chunk `stage` of some plane
+/// reads and no earlier chunk did ([`copy_span_rows_async`] into plain tiles).
 #[cube]
 #[allow(clippy::too_many_arguments)]
 pub fn copy_span_stage_async<F: Float, N: Size>(
@@ -80,42 +92,76 @@ pub fn copy_span_stage_async<F: Float, N: Size>(
     } else {
         stage_end(stage - 1, window, planes, chunk)
     });
-    let rows = comptime!(stage_end(stage, window, planes, chunk) - begin);
-    let units = comptime!(32 * planes);
-    let tile_start = tile_vectors::<N>(begin, head_dim);
-    let range = &cube.range;
-    // Span row i is position row0 − window + i: counted from `window` before it, row0 + i.
-    let first = cube.row0 + begin;
-    copy_shifted_rows_async(
-        a,
-        a_span,
-        tile_start,
-        range.start,
-        first,
-        range.len,
-        cube.head,
-        cube.heads,
-        cube.unit,
-        window,
-        rows,
-        head_dim,
-        units,
+    let end = comptime!(stage_end(stage, window, planes, chunk));
+    copy_span_rows_async(
+        a, b, a_span, b_span, cube, 0usize, begin, end, 0usize, window, head_dim, planes,
     );
-    copy_shifted_rows_async(
-        b,
-        b_span,
-        tile_start,
-        range.start,
-        first,
-        range.len,
-        cube.head,
-        cube.heads,
-        cube.unit,
-        window,
-        rows,
-        head_dim,
-        units,
-    );
+}
+
+/// Issues the asynchronous copies of span rows `begin .. end` of the cube's block (rows past
+/// the span belong to the next block's; none if `end ≤ begin`) of two tensors into `a_span`
+/// and `b_span`, zeros where they lie outside the sequence. The span's row 0 is at vector
+/// `ring_start` of a ring of `ring` rows (0: plain tiles, from vector 0). Every unit of the cube takes part; the copies
+/// land when the caller's barrier, to which each unit then commits them, completes its phase.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub fn copy_span_rows_async<F: Float, N: Size>(
+    a: &Tensor<Vector<F, N>>,
+    b: &Tensor<Vector<F, N>>,
+    a_span: &mut SharedMemory<Vector<F, N>>,
+    b_span: &mut SharedMemory<Vector<F, N>>,
+    cube: &MmaCube,
+    ring_start: usize,
+    #[comptime] begin: usize,
+    #[comptime] end: usize,
+    #[comptime] ring: usize,
+    #[comptime] window: usize,
+    #[comptime] head_dim: usize,
+    #[comptime] planes: usize,
+) {
+    let rows = comptime!(end.saturating_sub(begin));
+    if comptime!(rows > 0) {
+        let units = comptime!(32 * planes);
+        let mut tile_start = ring_start + tile_vectors::<N>(begin, head_dim);
+        if comptime!(ring > 0) {
+            tile_start %= tile_vectors::<N>(ring, head_dim);
+        }
+        let range = &cube.range;
+        // Span row i is position row0 − window + i: counted from `window` before it, row0 + i.
+        let first = cube.row0 + begin;
+        copy_shifted_rows_async(
+            a,
+            a_span,
+            tile_start,
+            range.start,
+            first,
+            range.len,
+            cube.head,
+            cube.heads,
+            cube.unit,
+            window,
+            ring,
+            rows,
+            head_dim,
+            units,
+        );
+        copy_shifted_rows_async(
+            b,
+            b_span,
+            tile_start,
+            range.start,
+            first,
+            range.len,
+            cube.head,
+            cube.heads,
+            cube.unit,
+            window,
+            ring,
+            rows,
+            head_dim,
+            units,
+        );
+    }
 }
 
 /// Sets the scores the mask hides to `NEG_BIG` in one chunk of a plane's band: the plane's
@@ -184,6 +230,67 @@ fn mask_band_scores(
                 }
                 let acc_n = acc.index_mut(n);
                 acc_n[e] = pair;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The forward's ring schedule (`kernel_mma_band.rs`), replayed for every window the band
+    /// kernels take and several cube sizes and chunks: each step stages span rows `stage_end(c)
+    /// .. stage_end(c + 1)` of its block (in the last step, the next block's first rows
+    /// `span .. block_m + stage_end(0)`); every row a plane reads must be in its ring slot,
+    /// and no row staged during a step may land in a slot that step reads.
+    #[test]
+    fn ring_holds_every_row_the_planes_read() {
+        for planes in [2, 4, 6, 8, 12] {
+            for window in (8..=64).step_by(8) {
+                for chunk in [16, 32, 48] {
+                    let chunks = band_chunks(window, chunk);
+                    if chunks < 2 {
+                        continue;
+                    }
+                    let (block_m, span) = (TILE * planes, span_rows(window, planes));
+                    let ring = ring_rows(window, planes, chunk);
+                    // Slot → the row (counted from the first block's span start) it holds.
+                    let mut slots = vec![None; ring];
+                    for row in 0..stage_end(0, window, planes, chunk) {
+                        slots[row % ring] = Some(row);
+                    }
+                    let blocks = 5;
+                    for b in 0..blocks {
+                        let base = b * block_m;
+                        for c in 0..chunks {
+                            let staged = if c + 1 < chunks {
+                                stage_end(c, window, planes, chunk)
+                                    ..stage_end(c + 1, window, planes, chunk)
+                            } else if b + 1 < blocks {
+                                span..block_m + stage_end(0, window, planes, chunk)
+                            } else {
+                                0..0
+                            };
+                            let columns = chunk_columns(c, window, chunk);
+                            let read: Vec<usize> = (0..planes)
+                                .flat_map(|p| (0..columns).map(move |j| TILE * p + c * chunk + j))
+                                .map(|row| base + row)
+                                .collect();
+                            for &row in &read {
+                                let at = slots[row % ring];
+                                assert_eq!(at, Some(row), "planes {planes} ±{window} chunk {chunk}: block {b} step {c} reads row {row}");
+                            }
+                            for row in staged.map(|row| base + row) {
+                                assert!(
+                                    !read.iter().any(|&r| r % ring == row % ring),
+                                    "planes {planes} ±{window} chunk {chunk}: block {b} step {c} stages row {row} over a row it reads"
+                                );
+                                slots[row % ring] = Some(row);
+                            }
+                        }
+                    }
+                }
             }
         }
     }

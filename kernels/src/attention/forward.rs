@@ -22,6 +22,7 @@ use cubecl::features::{MmaConfig, Plane};
 use cubecl::ir::{BarrierLevel, ElemType, FloatKind, OpaqueType, StorageType};
 use cubecl::prelude::*;
 
+use super::band::{ring_rows, span_rows};
 use super::kernel::flash_attention_varlen_kernel;
 use super::kernel_cmma::{flash_attention_varlen_cmma_kernel, PAD, PAD_F32, TILE};
 use super::kernel_mma::flash_attention_varlen_mma_kernel;
@@ -119,6 +120,10 @@ impl MmaShape {
     }
 }
 
+/// Overrides the band forward's query blocks per cube ([`BandShape::forward_blocks`]) for
+/// tuning runs of the benchmark.
+const BAND_BLOCKS_ENV: &str = "MODERNBERT_BAND_BLOCKS";
+
 /// The cube of the sliding-window mma kernels (`band.rs`): `planes` planes of 16 own rows,
 /// which stage the span of rows their block sees at ±`window` at once.
 #[derive(Debug, Clone, Copy)]
@@ -139,13 +144,12 @@ impl BandShape {
         Some(Self { planes, window })
     }
 
-    /// The forward's cube: eight planes up to head_dim 64, so 128 queries stage a 256-key
-    /// span at ±64 (two keys per query where 64 queries took three), and two such cubes, 16
-    /// warps, fit on an H200 SM; four beyond (the span's shared memory). [`PLANES_ENV`]
-    /// overrides the choice for tuning runs.
-    fn forward(window: Option<usize>, head_dim: usize) -> Option<Self> {
-        let planes = planes_override().unwrap_or(if head_dim > 64 { 4 } else { 8 });
-        Self::new(window, planes)
+    /// The forward's cube: four planes. A cube walks consecutive query blocks and stages each
+    /// key row once, whatever its size (`kernel_mma_band.rs`), and the walk takes 158
+    /// registers: an H200 SM holds three cubes of four planes (12 warps) but one of eight
+    /// (measured against 6, 8 and 12 planes, BENCHMARKS.md, session 13).
+    fn forward(window: Option<usize>) -> Option<Self> {
+        Self::new(window, 4)
     }
 
     /// Own rows per cube.
@@ -155,20 +159,42 @@ impl BandShape {
 
     /// Rows of the span on the other side.
     pub(crate) fn span_rows(self) -> usize {
-        self.block_m() + 2 * self.window
+        span_rows(self.window, self.planes)
     }
 
-    /// Bytes of shared memory for `own_tiles` tiles of own rows and `span_tiles` spans, all
-    /// of `head_dim` elements in the 2-byte input dtype, and `arrays` arrays in all (with the
-    /// barrier), each padded to its alignment.
-    pub(crate) fn tile_bytes(
-        self,
-        head_dim: usize,
-        own_tiles: usize,
-        span_tiles: usize,
-        arrays: usize,
-    ) -> usize {
-        let rows = own_tiles * self.block_m() + span_tiles * self.span_rows();
+    /// Query blocks each cube of the forward walks (`kernel_mma_band.rs`): four, so that
+    /// the first block's wait for its loads, the only one, is shared by four (measured
+    /// against one, two and eight, BENCHMARKS.md, session 13). [`BAND_BLOCKS_ENV`] overrides
+    /// the choice for tuning runs.
+    fn forward_blocks() -> usize {
+        static BLOCKS: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+        BLOCKS
+            .get_or_init(|| tuning_count(BAND_BLOCKS_ENV, &[1, 2, 4, 8]))
+            .unwrap_or(4)
+    }
+
+    /// Keys per step of the forward's online softmax: three 16-key blocks where the band is
+    /// wider (the band of 144 keys at ±64 is three whole chunks; 32-key chunks took more
+    /// registers and were slower, session 13), else one, so that every band has at least
+    /// two chunks (`kernel_mma_band.rs`).
+    fn forward_chunk(self) -> usize {
+        if TILE + 2 * self.window > 3 * TILE {
+            3 * TILE
+        } else {
+            TILE
+        }
+    }
+
+    /// Shared memory of the forward, in bytes: the Q tile, the output scratch, the K and V
+    /// rings ([`ring_rows`]) and the barrier.
+    fn forward_bytes(self, head_dim: usize) -> usize {
+        let ring = ring_rows(self.window, self.planes, self.forward_chunk());
+        Self::tile_bytes(head_dim, 2 * self.block_m() + 2 * ring, 5)
+    }
+
+    /// Bytes of shared memory for `rows` rows of `head_dim` elements in the 2-byte input dtype
+    /// and `arrays` arrays in all (with the barrier), each padded to its alignment.
+    pub(crate) fn tile_bytes(head_dim: usize, rows: usize, arrays: usize) -> usize {
         rows * (head_dim + PAD) * 2 + arrays * 128
     }
 }
@@ -358,17 +384,17 @@ pub fn varlen_attention_forward<R: CubeRuntime>(
     let (f_dtype, i_dtype) = (q.dtype, cu_seqlens.dtype);
     let choice = path_choice();
     if choice == PathChoice::Auto {
-        let band = BandShape::forward(meta.window, head_dim);
+        let band = BandShape::forward(meta.window);
         let band_plan = band.and_then(|band| {
-            // The Q tile, the K and V spans, the output scratch and the barrier.
-            let shared_bytes = band.tile_bytes(head_dim, 2, 2, 5);
+            let shared_bytes = band.forward_bytes(head_dim);
             let plan = mma_plan(&client, f_dtype, head_dim, band.planes, shared_bytes);
             Some((band, plan?))
         });
         if let Some((band, vector)) = band_plan {
+            let blocks = BandShape::forward_blocks();
             flash_attention_varlen_band_kernel::launch::<R>(
                 &client,
-                grid(band.block_m()),
+                grid(band.block_m() * blocks),
                 CubeDim::new_2d(32, band.planes as u32),
                 vector,
                 q.into_tensor_arg(),
@@ -378,9 +404,11 @@ pub fn varlen_attention_forward<R: CubeRuntime>(
                 out.clone().into_tensor_arg(),
                 lse.clone().into_tensor_arg(),
                 meta.scale,
+                blocks as u32,
                 band.window,
                 head_dim,
                 band.planes,
+                band.forward_chunk(),
                 [f_dtype.into(), i_dtype.into()],
             );
             record_kernel_path(KernelPath::MmaBand);

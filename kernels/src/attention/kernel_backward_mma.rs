@@ -75,7 +75,8 @@ pub fn flash_attention_varlen_dq_mma_kernel<F: Float, I: Numeric, N: Size>(
     let q_ops = own_operands(q, &mut own_tile, &cube, head_dim, planes, 1usize);
     let do_ops = own_operands(d_out, &mut own_tile, &cube, head_dim, planes, 1usize);
 
-    let (row_lse, row_delta) = lane_row_values(lse, delta, &cube);
+    let row_lse = lane_row_values(lse, &cube);
+    let row_delta = lane_row_values(delta, &cube);
 
     let mut dq_acc = zero_accumulators(head_dim);
     let tiles = (block.k_hi - block.k_lo).div_ceil(block_n);
@@ -318,32 +319,25 @@ pub fn write_scaled_rows<F: Float, N: Size, E: Float>(
     write_rows(acc, &row_scale, scratch, out, cube, head_dim, 1usize);
 }
 
-/// lse and D of the lane's own query rows `g` and `g + 8` (zeros past the sequence end).
+/// Values of the lane's own query rows `g` and `g + 8` in a `[total, heads]` f32 tensor (lse
+/// or D; zeros past the sequence end).
 #[cube]
-pub fn lane_row_values(
-    lse: &Tensor<f32>,
-    delta: &Tensor<f32>,
-    cube: &MmaCube,
-) -> (Array<f32>, Array<f32>) {
+pub fn lane_row_values(values: &Tensor<f32>, cube: &MmaCube) -> Array<f32> {
     let block = &cube.range;
-    let mut row_lse = Array::<f32>::new(2usize);
-    let mut row_delta = Array::<f32>::new(2usize);
+    let mut row_values = Array::<f32>::new(2usize);
     #[unroll]
     for e in 0..comptime!(2usize) {
         let qi = cube.row0 + cube.first_row + cube.g + 8 * e;
-        row_lse[e] = 0.0;
-        row_delta[e] = 0.0;
+        row_values[e] = 0.0;
         if qi < block.len {
-            let index = (block.start + qi) * cube.heads + cube.head;
-            row_lse[e] = lse[index];
-            row_delta[e] = delta[index];
+            row_values[e] = values[(block.start + qi) * cube.heads + cube.head];
         }
     }
-    (row_lse, row_delta)
+    row_values
 }
 
 /// `dS = P ∘ (dP − D)` in place of the plane's (masked) scores `S` over `cols` keys, with
-/// `P = exp(S · scale − lse)` recomputed from its rows' lse and D ([`lane_row_values`]).
+/// `P = exp(S · scale − lse)` recomputed from its rows' lse and D ([`lane_row_values`], [`lane_row_deltas`]).
 #[cube]
 pub fn score_gradients(
     s: &mut Sequence<Array<AccPair>>,

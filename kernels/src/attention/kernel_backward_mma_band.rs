@@ -3,9 +3,10 @@
 //! (`band.rs`) of the other side, 144 rows at ±64 where the tiled kernels compute 192.
 //!
 //! - [`flash_attention_varlen_dq_band_kernel`]: a cube owns `16 · planes` queries (A operands
-//!   of Q and dO) and stages their key span (K and V); per chunk of a plane's band, `S` and
-//!   `dP` into registers, the band mask, `dS = P ∘ (dP − D)` in place, `dQ += dS·K`; at the
-//!   end `dQ · scale`.
+//!   of Q and dO) and stages their key span (K and V); it computes their `D = rowsum(dO ∘ O)`
+//!   and writes it for the dK/dV kernel, which runs after it (so D takes no launch of its
+//!   own, `delta.rs`); per chunk of a plane's band, `S` and `dP` into registers, the band
+//!   mask, `dS = P ∘ (dP − D)` in place, `dQ += dS·K`; at the end `dQ · scale`.
 //! - [`flash_attention_varlen_dkv_band_kernel`]: a cube owns `16 · planes` keys (A operands
 //!   of K and V) and stages their query span (Q, dO, and each query's lse and D); per chunk,
 //!   `Sᵀ` and `dPᵀ`, the mask, `Pᵀ` and `dSᵀ` in place, `dV += Pᵀ·dO`, `dK += dSᵀ·Q`; at the
@@ -22,11 +23,13 @@ use super::band::{band_chunks, chunk_columns, copy_span_stage_async, mask_band_c
 use super::kernel_backward_mma::{
     lane_row_values, score_gradients, transposed_score_gradients, write_scaled_rows,
 };
+use super::kernel_cmma::row_sum;
 use super::kernel_cmma::{SMEM_ALIGN, TILE};
 use super::mma_tiles::{
     accumulate_products, mma_cube, output_scratch, own_operands, scores, staged_tile, tile_offset,
     zero_accumulators,
 };
+use super::mma_tiles::{MmaCube, QUAD};
 use super::staging::stage_shifted_row_values_pair;
 
 /// Keys per chunk of the dQ kernel: three 16-key blocks (a band of 144 at ±64 is three).
@@ -42,10 +45,11 @@ pub fn flash_attention_varlen_dq_band_kernel<F: Float, I: Numeric, N: Size>(
     q: &Tensor<Vector<F, N>>, // [total, heads, head_dim], contiguous (as are all below)
     k: &Tensor<Vector<F, N>>, // [total, heads, head_dim]
     v: &Tensor<Vector<F, N>>, // [total, heads, head_dim]
+    out: &Tensor<Vector<F, N>>, // [total, heads, head_dim], the forward's output
     d_out: &Tensor<Vector<F, N>>, // [total, heads, head_dim]
     lse: &Tensor<f32>,        // [total, heads]
-    delta: &Tensor<f32>,      // [total, heads], rowsum(dO ∘ O)
     cu_seqlens: &Tensor<I>,   // [batch + 1]
+    delta: &mut Tensor<f32>,  // [total, heads], rowsum(dO ∘ O), written here
     dq: &mut Tensor<Vector<F, N>>, // [total, heads, head_dim]
     scale: f32,
     #[comptime] window: usize,
@@ -84,7 +88,8 @@ pub fn flash_attention_varlen_dq_band_kernel<F: Float, I: Numeric, N: Size>(
         copies.commit_copy_async();
         let q_ops = own_operands(q, &mut own_tile, &cube, head_dim, planes, 1usize);
         let do_ops = own_operands(d_out, &mut own_tile, &cube, head_dim, planes, 1usize);
-        let (row_lse, row_delta) = lane_row_values(lse, delta, &cube);
+        let row_lse = lane_row_values(lse, &cube);
+        let row_delta = lane_row_deltas(d_out, out, delta, &cube, head_dim);
         copies.arrive_and_wait();
 
         let mut dq_acc = zero_accumulators(head_dim);
@@ -130,6 +135,51 @@ pub fn flash_attention_varlen_dq_band_kernel<F: Float, I: Numeric, N: Size>(
 
         write_scaled_rows(&dq_acc, scale, &mut scratch, dq, &cube, head_dim);
     }
+}
+
+/// `D = rowsum(dO ∘ O)` of the lane's own query rows `g` and `g + 8` (zeros past the
+/// sequence end), in f32 from dO and O in their dtype as `delta.rs` computes it: the 4 lanes
+/// that share a row each sum a quarter of its vectors, then add theirs with shuffles. Lane
+/// `t = 0` writes each row's D to `delta`.
+#[cube]
+fn lane_row_deltas<F: Float, N: Size>(
+    d_out: &Tensor<Vector<F, N>>,
+    out: &Tensor<Vector<F, N>>,
+    delta: &mut Tensor<f32>,
+    cube: &MmaCube,
+    #[comptime] head_dim: usize,
+) -> Array<f32> {
+    let vector = N::value();
+    let row_vectors = comptime!(head_dim / vector);
+    let block = &cube.range;
+    let mut row_delta = Array::<f32>::new(2usize);
+    #[unroll]
+    for e in 0..comptime!(2usize) {
+        let qi = cube.row0 + cube.first_row + cube.g + 8 * e;
+        let token_head = (block.start + qi) * cube.heads + cube.head;
+        let mut sum = f32::new(0.0);
+        if qi < block.len {
+            #[unroll]
+            for i in 0..comptime!(row_vectors.div_ceil(QUAD)) {
+                let j = i * QUAD + cube.t;
+                if comptime!(row_vectors % QUAD == 0) || j < row_vectors {
+                    let a = d_out[token_head * row_vectors + j];
+                    let b = out[token_head * row_vectors + j];
+                    #[unroll]
+                    for x in 0..vector {
+                        sum += f32::cast_from(a[x]) * f32::cast_from(b[x]);
+                    }
+                }
+            }
+        }
+        // Every lane of the plane takes part in the shuffles.
+        let sum = row_sum(sum, QUAD);
+        if qi < block.len && cube.t == 0 {
+            delta[token_head] = sum;
+        }
+        row_delta[e] = sum;
+    }
+    row_delta
 }
 
 /// `dK` and `dV` for a block of `16 · planes` keys per cube at ±`window`.

@@ -44,6 +44,7 @@ pub type AccPair = Vector<f32, Const<2>>;
 /// `block_m = 16 · m_tiles · planes`: cube `(x, head, sequence)` owns rows `x · block_m ..`
 /// of the sequence (queries in the forward and dQ, keys in dK/dV), plane `p` the
 /// `16 · m_tiles` from `16 · m_tiles · p`, and walks the rows on the other side that they see.
+/// (The band forward's cubes walk several blocks in turn, each with its own [`mma_cube_at`].)
 #[derive(CubeType)]
 pub struct MmaCube {
     /// The sequence, and the range of rows on the other side (the mask is symmetric).
@@ -73,10 +74,26 @@ pub fn mma_cube<I: Numeric>(
     #[comptime] m_tiles: usize,
     #[comptime] windowed: bool,
 ) -> MmaCube {
+    let block = CUBE_POS_X as usize;
+    mma_cube_at(cu_seqlens, heads, window, block, planes, m_tiles, windowed)
+}
+
+/// This unit's [`MmaCube`] for block `block` of its sequence, for cubes that walk several
+/// (rows `block · block_m ..`).
+#[cube]
+pub fn mma_cube_at<I: Numeric>(
+    cu_seqlens: &Tensor<I>,
+    heads: usize,
+    window: usize,
+    block: usize,
+    #[comptime] planes: usize,
+    #[comptime] m_tiles: usize,
+    #[comptime] windowed: bool,
+) -> MmaCube {
     let block_m = comptime!(TILE * m_tiles * planes);
     let lane = UNIT_POS_X as usize;
     let plane = UNIT_POS_Y as usize;
-    let row0 = CUBE_POS_X as usize * block_m;
+    let row0 = block * block_m;
     let range = query_block(
         cu_seqlens,
         CUBE_POS_Z as usize,
@@ -237,6 +254,21 @@ pub fn scores<F: Float, N: Size>(
     #[comptime] head_dim: usize,
     #[comptime] m_tiles: usize,
 ) -> Sequence<Array<AccPair>> {
+    ring_scores(a, b_tile, tile_start, 0usize, rows, head_dim, m_tiles)
+}
+
+/// [`scores`] for rows staged in a ring of `ring` rows (0: a plain tile), which wraps to
+/// its start ([`ring_block_start`]); `tile_start` lies within the ring.
+#[cube]
+pub fn ring_scores<F: Float, N: Size>(
+    a: &Sequence<Array<Pair<F>>>,
+    b_tile: &SharedMemory<Vector<F, N>>,
+    tile_start: usize,
+    #[comptime] ring: usize,
+    #[comptime] rows: usize,
+    #[comptime] head_dim: usize,
+    #[comptime] m_tiles: usize,
+) -> Sequence<Array<AccPair>> {
     let def = MmaDefinition::<F, F, f32>::new(TILE, MMA_N, TILE);
     let lane = UNIT_POS_X as usize;
     let sub_row = lane % 8;
@@ -245,15 +277,15 @@ pub fn scores<F: Float, N: Size>(
     let acc_per_tile = comptime!(rows / MMA_N);
     // B = rows of the tile, read as they are (k = columns): matrix j holds rows +8 if j ≥ 2,
     // columns +8 if j is odd, so registers 0–1 serve rows 16·n2.. and 2–3 the next 8. The
-    // lane's address for block (0, 0); block (n2, d) is a constant further ([`block_offset`]).
-    let lane_offset =
-        tile_start + tile_offset::<N>((matrix / 2) * 8 + sub_row, (matrix % 2) * 8, head_dim);
+    // lane's place in a block; block (n2, d) is a constant further ([`block_offset`]).
+    let lane_offset = tile_offset::<N>((matrix / 2) * 8 + sub_row, (matrix % 2) * 8, head_dim);
     let mut acc = zero_accumulators(comptime!(rows * m_tiles));
     #[unroll]
     for n2 in 0..comptime!(rows / TILE) {
+        let block_start = ring_block_start::<N>(tile_start, n2, ring, head_dim) + lane_offset;
         #[unroll]
         for d in 0..comptime!(head_dim / TILE) {
-            let offset = lane_offset + block_offset::<N>(n2, d, head_dim);
+            let offset = block_start + block_offset::<N>(0usize, d, head_dim);
             let b = def.load_matrix::<Vector<F, N>, Const<2>>(
                 &b_tile.slice(offset, offset + 1),
                 MatrixIdent::B,
@@ -332,6 +364,23 @@ pub fn accumulate_products<F: Float, N: Size>(
     #[comptime] head_dim: usize,
     #[comptime] m_tiles: usize,
 ) {
+    accumulate_ring_products(acc, p, b_tile, tile_start, 0usize, depth, head_dim, m_tiles);
+}
+
+/// [`accumulate_products`] for rows staged in a ring of `ring` rows (0: a plain tile), as
+/// [`ring_scores`] reads them.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub fn accumulate_ring_products<F: Float, N: Size>(
+    acc: &mut Sequence<Array<AccPair>>,
+    p: &Sequence<Array<AccPair>>,
+    b_tile: &SharedMemory<Vector<F, N>>,
+    tile_start: usize,
+    #[comptime] ring: usize,
+    #[comptime] depth: usize,
+    #[comptime] head_dim: usize,
+    #[comptime] m_tiles: usize,
+) {
     let p_per_tile = comptime!(depth / MMA_N);
     #[unroll]
     for j in 0..comptime!(depth / TILE) {
@@ -343,8 +392,17 @@ pub fn accumulate_products<F: Float, N: Size>(
                 p.index(m * p_per_tile + 2 * j + 1),
             ));
         }
+        let block_start = ring_block_start::<N>(tile_start, j, ring, head_dim);
         accumulate_block_products(
-            acc, &a, b_tile, tile_start, j, 0usize, head_dim, head_dim, m_tiles,
+            acc,
+            &a,
+            b_tile,
+            block_start,
+            0usize,
+            0usize,
+            head_dim,
+            head_dim,
+            m_tiles,
         );
     }
 }
@@ -525,6 +583,26 @@ fn block_offset<N: Size>(
 ) -> comptime_type!(usize) {
     let vector = N::value();
     comptime!((block_row * TILE * (head_dim + PAD) + block_column * TILE) / vector)
+}
+
+/// Offset, in vectors of `N`, of the 16-row block `block` of the rows staged from vector
+/// `tile_start` of a ring of `ring` rows (0: a plain tile, where it is a constant further):
+/// past the ring's end the rows continue at its start. `tile_start` lies within the ring and
+/// the block less than a ring further, so one wrap suffices.
+#[cube]
+pub fn ring_block_start<N: Size>(
+    tile_start: usize,
+    #[comptime] block: usize,
+    #[comptime] ring: usize,
+    #[comptime] head_dim: usize,
+) -> usize {
+    let start = tile_start + block_offset::<N>(block, 0usize, head_dim);
+    if comptime!(ring > 0) {
+        let ring_vectors = tile_vectors::<N>(ring, head_dim);
+        select(start >= ring_vectors, start - ring_vectors, start)
+    } else {
+        start
+    }
 }
 
 /// Registers `2h, 2h + 1` of an `ldmatrix.x4` result: one B operand (16 × 8).

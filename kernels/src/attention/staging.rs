@@ -239,14 +239,17 @@ pub fn copy_rows_async<F: Float, N: Size>(
     #[comptime] units: usize,
 ) {
     copy_shifted_rows_async(
-        src, tile, tile_start, start, first, end, head, heads, unit, 0usize, rows, head_dim, units,
+        src, tile, tile_start, start, first, end, head, heads, unit, 0usize, 0usize, rows,
+        head_dim, units,
     );
 }
 
 /// As [`copy_rows_async`], with the rows counted from `shift` positions before the sequence
 /// start (the sliding-window kernel's key span begins `window` before its first query, which
 /// may lie before the sequence): tile row `i` holds position `first + i − shift`, zeros where
-/// that lies before the sequence or at and past `end`.
+/// that lies before the sequence or at and past `end`. With a `ring` of rows (0: none), the
+/// tile is that many rows from vector 0 and rows past its end continue at its start
+/// (`tile_start` lies within it).
 #[cube]
 #[allow(clippy::too_many_arguments)]
 pub fn copy_shifted_rows_async<F: Float, N: Size>(
@@ -260,6 +263,7 @@ pub fn copy_shifted_rows_async<F: Float, N: Size>(
     heads: usize,
     unit: usize,
     #[comptime] shift: usize,
+    #[comptime] ring: usize,
     #[comptime] rows: usize,
     #[comptime] head_dim: usize,
     #[comptime] units: usize,
@@ -274,7 +278,10 @@ pub fn copy_shifted_rows_async<F: Float, N: Size>(
         if comptime!(count % units == 0) || e < count {
             let row = e / row_vectors;
             let column = e % row_vectors;
-            let at = tile_start + row * tile_row_vectors + column;
+            let mut at = tile_start + row * tile_row_vectors + column;
+            if comptime!(ring > 0) {
+                at %= comptime!(ring * tile_row_vectors);
+            }
             let mut destination = tile.slice_mut(at, at + 1);
             let shifted = first + row;
             if shifted >= shift && shifted < end + shift {
