@@ -42,22 +42,9 @@ fn attention_delta_kernel<F: Float, N: Size, Z: Size>(
     let row = unit / lanes_per_row;
     let lane = unit % lanes_per_row;
     let in_range = row < delta.len();
-    let vector = N::value();
-    let row_vectors = comptime!(head_dim / vector);
     let mut sum = f32::new(0.0);
     if in_range {
-        #[unroll]
-        for i in 0..comptime!(row_vectors.div_ceil(lanes_per_row)) {
-            let j = i * lanes_per_row + lane;
-            if comptime!(row_vectors % lanes_per_row == 0) || j < row_vectors {
-                let a = d_out[row * row_vectors + j];
-                let b = out[row * row_vectors + j];
-                #[unroll]
-                for e in 0..vector {
-                    sum += f32::cast_from(a[e]) * f32::cast_from(b[e]);
-                }
-            }
-        }
+        sum = row_dot_part(d_out, out, row, lane, head_dim, lanes_per_row);
     }
     // Every unit of the plane takes part in the shuffles.
     let sum = row_sum(sum, lanes_per_row);
@@ -77,6 +64,36 @@ fn attention_delta_kernel<F: Float, N: Size, Z: Size>(
             }
         }
     }
+}
+
+/// The part of `dot(dO, O)` of row `row` (a `token · heads + head` index) that unit `lane`
+/// of the `lanes` units sharing the row sums, in f32: the row's vectors `lane, lane + lanes,
+/// ..` (the band dQ kernel computes D with it too, `kernel_backward_mma_band.rs`).
+#[cube]
+pub(super) fn row_dot_part<F: Float, N: Size>(
+    d_out: &Tensor<Vector<F, N>>,
+    out: &Tensor<Vector<F, N>>,
+    row: usize,
+    lane: usize,
+    #[comptime] head_dim: usize,
+    #[comptime] lanes: usize,
+) -> f32 {
+    let vector = N::value();
+    let row_vectors = comptime!(head_dim / vector);
+    let mut sum = f32::new(0.0);
+    #[unroll]
+    for i in 0..comptime!(row_vectors.div_ceil(lanes)) {
+        let j = i * lanes + lane;
+        if comptime!(row_vectors % lanes == 0) || j < row_vectors {
+            let a = d_out[row * row_vectors + j];
+            let b = out[row * row_vectors + j];
+            #[unroll]
+            for e in 0..vector {
+                sum += f32::cast_from(a[e]) * f32::cast_from(b[e]);
+            }
+        }
+    }
+    sum
 }
 
 /// `D = rowsum(dO ∘ O)` in f32, `[total, heads]`, for dO and O `[total, heads, head_dim]` of

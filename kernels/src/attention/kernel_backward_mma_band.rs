@@ -20,6 +20,7 @@ use cubecl::prelude::barrier::Barrier;
 use cubecl::prelude::*;
 
 use super::band::{band_chunks, chunk_columns, copy_span_stage_async, mask_band_chunk, span_rows};
+use super::delta::row_dot_part;
 use super::kernel_backward_mma::{
     lane_row_values, score_gradients, transposed_score_gradients, write_scaled_rows,
 };
@@ -138,9 +139,9 @@ pub fn flash_attention_varlen_dq_band_kernel<F: Float, I: Numeric, N: Size>(
 }
 
 /// `D = rowsum(dO ∘ O)` of the lane's own query rows `g` and `g + 8` (zeros past the
-/// sequence end), in f32 from dO and O in their dtype as `delta.rs` computes it: the 4 lanes
-/// that share a row each sum a quarter of its vectors, then add theirs with shuffles. Lane
-/// `t = 0` writes each row's D to `delta`.
+/// sequence end), in f32 from dO and O in their dtype as `delta.rs` computes it
+/// ([`row_dot_part`]): the 4 lanes that share a row each sum a quarter of its vectors, then
+/// add theirs with shuffles. Lane `t = 0` writes each row's D to `delta`.
 #[cube]
 fn lane_row_deltas<F: Float, N: Size>(
     d_out: &Tensor<Vector<F, N>>,
@@ -149,8 +150,6 @@ fn lane_row_deltas<F: Float, N: Size>(
     cube: &MmaCube,
     #[comptime] head_dim: usize,
 ) -> Array<f32> {
-    let vector = N::value();
-    let row_vectors = comptime!(head_dim / vector);
     let block = &cube.range;
     let mut row_delta = Array::<f32>::new(2usize);
     #[unroll]
@@ -159,18 +158,7 @@ fn lane_row_deltas<F: Float, N: Size>(
         let token_head = (block.start + qi) * cube.heads + cube.head;
         let mut sum = f32::new(0.0);
         if qi < block.len {
-            #[unroll]
-            for i in 0..comptime!(row_vectors.div_ceil(QUAD)) {
-                let j = i * QUAD + cube.t;
-                if comptime!(row_vectors % QUAD == 0) || j < row_vectors {
-                    let a = d_out[token_head * row_vectors + j];
-                    let b = out[token_head * row_vectors + j];
-                    #[unroll]
-                    for x in 0..vector {
-                        sum += f32::cast_from(a[x]) * f32::cast_from(b[x]);
-                    }
-                }
-            }
+            sum = row_dot_part(d_out, out, token_head, cube.t, head_dim, QUAD);
         }
         // Every lane of the plane takes part in the shuffles.
         let sum = row_sum(sum, QUAD);
