@@ -24,13 +24,11 @@ use super::delta::row_dot_part;
 use super::kernel_backward_mma::{
     lane_row_values, score_gradients, transposed_score_gradients, write_scaled_rows,
 };
-use super::kernel_cmma::row_sum;
-use super::kernel_cmma::{SMEM_ALIGN, TILE};
+use super::kernel_cmma::{row_sum, SMEM_ALIGN, TILE};
 use super::mma_tiles::{
     accumulate_products, mma_cube, output_scratch, own_operands, scores, staged_tile, tile_offset,
-    zero_accumulators,
+    zero_accumulators, MmaCube, QUAD,
 };
-use super::mma_tiles::{MmaCube, QUAD};
 use super::staging::stage_shifted_row_values_pair;
 
 /// Keys per chunk of the dQ kernel: three 16-key blocks (a band of 144 at ±64 is three).
