@@ -410,9 +410,8 @@ mod tests {
 
     #[test]
     fn file_values_overrides_and_defaults_combine() {
-        let dir =
-            std::env::temp_dir().join(format!("modernbert-train-config-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
         let path = dir.join("run.toml");
         std::fs::write(
             &path,

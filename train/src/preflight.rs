@@ -74,8 +74,8 @@ mod tests {
 
     #[test]
     fn a_writable_dir_passes_and_an_unwritable_one_is_named() {
-        let dir =
-            std::env::temp_dir().join(format!("modernbert-train-preflight-{}", std::process::id()));
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("out");
         check_writable(&dir).unwrap();
         assert!(free_bytes(&dir).unwrap() > 0);
         // A path below a regular file can never be created, even as root.

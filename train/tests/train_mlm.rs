@@ -23,11 +23,11 @@ const CORPUS: &str = concat!(
     "/tests/data/wikitext-2-valid-excerpt.txt"
 );
 
-fn out_dir(name: &str) -> PathBuf {
-    let dir =
-        std::env::temp_dir().join(format!("modernbert-train-it-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
+/// A fresh output directory (not yet created) inside a temporary one that the guard removes.
+fn out_dir() -> (tempfile::TempDir, PathBuf) {
+    let guard = tempfile::tempdir().unwrap();
+    let dir = guard.path().join("out");
+    (guard, dir)
 }
 
 /// A tiny model on the WikiText excerpt; `extra` overrides on top.
@@ -58,7 +58,7 @@ fn losses(outcome: &TrainOutcome) -> Vec<f64> {
 
 #[test]
 fn tiny_model_mlm_loss_drops_on_wikitext() {
-    let out = out_dir("loss");
+    let (_out_guard, out) = out_dir();
     let config = config(
         &out,
         &[
@@ -141,10 +141,10 @@ fn resume_continues_with_the_same_losses_and_weights() {
         "run.eval_every=3",
         "optimizer.lr=2e-3",
     ];
-    let full_dir = out_dir("resume-full");
+    let (_full_dir_guard, full_dir) = out_dir();
     let full = run(config(&full_dir, &extra), None).unwrap();
     let checkpoint = full_dir.join("checkpoints/step-00000003");
-    let resumed_dir = out_dir("resume-part");
+    let (_resumed_dir_guard, resumed_dir) = out_dir();
     let mut resumed_config = config(&resumed_dir, &[]);
     resumed_config.schedule.total_steps = 1; // ignored: the checkpoint's config rules
     let resumed = run(resumed_config, Some(&checkpoint)).unwrap();
@@ -172,7 +172,7 @@ fn resume_continues_with_the_same_losses_and_weights() {
 
 #[test]
 fn corrupt_or_incomplete_checkpoints_are_refused() {
-    let out = out_dir("corrupt");
+    let (_out_guard, out) = out_dir();
     let outcome = run(
         config(
             &out,
@@ -215,7 +215,7 @@ fn a_nonfinite_loss_stops_with_the_step_or_is_skipped() {
         "schedule.decay_steps=0",
         "run.checkpoint_every=1",
     ];
-    let out = out_dir("nan-stop");
+    let (_out_guard, out) = out_dir();
     let err = run(config(&out, &extra), None).unwrap_err().to_string();
     println!("{err}");
     let step: u64 = err
@@ -229,7 +229,7 @@ fn a_nonfinite_loss_stops_with_the_step_or_is_skipped() {
     assert!(err.contains(&kept), "names the kept checkpoint: {err}");
     assert!(out.join(&kept).join("DONE").is_file());
 
-    let out = out_dir("nan-skip");
+    let (_out_guard, out) = out_dir();
     let mut skip = extra.to_vec();
     skip.push("run.on_nonfinite=skip");
     let outcome = run(config(&out, &skip), None).unwrap();
@@ -244,7 +244,7 @@ fn a_nonfinite_loss_stops_with_the_step_or_is_skipped() {
 
 #[test]
 fn an_unwritable_output_dir_fails_before_training() {
-    let base = out_dir("unwritable");
+    let (_base_guard, base) = out_dir();
     std::fs::create_dir_all(&base).unwrap();
     let file = base.join("file");
     std::fs::write(&file, "x").unwrap();

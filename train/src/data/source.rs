@@ -303,7 +303,8 @@ mod tests {
 
     #[test]
     fn text_blocks_lines_and_jsonl_give_their_documents() {
-        let dir = tempdir("source-formats");
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
         let txt = write(&dir, "a.txt", "one\ntwo\n\n\nthree\n\n");
         let jsonl = write(
             &dir,
@@ -326,7 +327,8 @@ mod tests {
 
     #[test]
     fn a_cursor_resumes_at_the_same_document_and_cycling_counts_epochs() {
-        let dir = tempdir("source-cursor");
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
         let a = write(&dir, "a.txt", "1\n\n2\n\n3\n");
         let b = write(&dir, "b.txt", "4\n\n5\n");
         let mut docs = Documents::new(
@@ -357,7 +359,8 @@ mod tests {
 
     #[test]
     fn bad_inputs_are_clear_errors() {
-        let dir = tempdir("source-errors");
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
         let bad = write(&dir, "bad.jsonl", "{\"title\": \"x\"}\n");
         let err = collect_err(vec![bad]);
         assert!(
@@ -379,7 +382,8 @@ mod tests {
         use parquet::schema::parser::parse_message_type;
         use std::sync::Arc;
 
-        let dir = tempdir("source-parquet");
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
         let path = dir.join("c.parquet");
         let schema = Arc::new(
             parse_message_type("message m { REQUIRED INT64 id; REQUIRED BYTE_ARRAY text (UTF8); }")
@@ -418,13 +422,5 @@ mod tests {
         let result: Result<Vec<String>> =
             Documents::new(files, TextSplit::Blocks, false, DocumentCursor::default()).collect();
         format!("{:#}", result.unwrap_err())
-    }
-
-    pub(crate) fn tempdir(name: &str) -> PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("modernbert-train-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
     }
 }

@@ -143,53 +143,52 @@ impl RowStream {
 mod tests {
     use super::*;
     use crate::data::source::TextSplit;
-    use std::path::PathBuf;
 
     fn tokenizer() -> RunTokenizer {
         let docs = (0..50).map(|i| Ok(format!("document number {i} says hello world")));
         RunTokenizer::train(docs, 290).unwrap()
     }
 
-    /// The test corpus, written once per process: streams read it lazily, so rewriting it
-    /// while another stream (of this test or one running beside it) is reading would change
-    /// that stream's rows.
-    fn corpus() -> Vec<PathBuf> {
-        static CORPUS: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-        let path = CORPUS.get_or_init(|| {
-            let dir = std::env::temp_dir()
-                .join(format!("modernbert-train-stream-{}", std::process::id()));
-            std::fs::create_dir_all(&dir).unwrap();
-            let path = dir.join("c.txt");
+    /// The test corpus in its own directory, removed on drop. Streams read it lazily, so
+    /// each test keeps one corpus alive for all its streams.
+    struct Corpus {
+        dir: tempfile::TempDir,
+    }
+
+    impl Corpus {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
             let text: String = (0..300)
                 .map(|i| format!("document number {i} says hello world\n\n"))
                 .collect();
-            std::fs::write(&path, text).unwrap();
-            path
-        });
-        vec![path.clone()]
-    }
+            std::fs::write(dir.path().join("c.txt"), text).unwrap();
+            Self { dir }
+        }
 
-    fn stream(split: Split, state: Option<StreamState>) -> RowStream {
-        let tok = tokenizer();
-        let (cursor, packer) = match state {
-            Some(s) => (s.cursor, s.packer),
-            None => (
-                DocumentCursor::default(),
-                Packer::new(32, 16, tok.cls, tok.sep),
-            ),
-        };
-        let docs = Documents::new(corpus(), TextSplit::Blocks, true, cursor);
-        RowStream::new(docs, tok, packer, split)
+        fn stream(&self, split: Split, state: Option<StreamState>) -> RowStream {
+            let tok = tokenizer();
+            let (cursor, packer) = match state {
+                Some(s) => (s.cursor, s.packer),
+                None => (
+                    DocumentCursor::default(),
+                    Packer::new(32, 16, tok.cls, tok.sep),
+                ),
+            };
+            let files = vec![self.dir.path().join("c.txt")];
+            let docs = Documents::new(files, TextSplit::Blocks, true, cursor);
+            RowStream::new(docs, tok, packer, split)
+        }
     }
 
     #[test]
     fn a_restored_state_continues_with_the_same_rows() {
         let split = Split::Train { holdout_every: 10 };
-        let mut a = stream(split, None);
+        let corpus = Corpus::new();
+        let mut a = corpus.stream(split, None);
         for _ in 0..7 {
             a.next_row().unwrap().unwrap();
         }
-        let mut b = stream(split, Some(a.state()));
+        let mut b = corpus.stream(split, Some(a.state()));
         for _ in 0..40 {
             assert_eq!(a.next_row().unwrap(), b.next_row().unwrap());
         }
@@ -213,8 +212,9 @@ mod tests {
             }
             out
         };
-        let mut train = stream(Split::Train { holdout_every: 5 }, None);
-        let mut held = stream(Split::HeldOut { holdout_every: 5 }, None);
+        let corpus = Corpus::new();
+        let mut train = corpus.stream(Split::Train { holdout_every: 5 }, None);
+        let mut held = corpus.stream(Split::HeldOut { holdout_every: 5 }, None);
         let train_docs: Vec<String> = (0..60).flat_map(|_| decode(&mut train)).collect();
         let held_docs: Vec<String> = (0..10).flat_map(|_| decode(&mut held)).collect();
         assert!(!held_docs.is_empty());

@@ -166,8 +166,8 @@ mod tests {
         let with_specials = tok.tokenizer.encode("the dog", true).unwrap();
         assert_eq!(with_specials.get_ids().first(), Some(&tok.cls));
         assert_eq!(with_specials.get_ids().last(), Some(&tok.sep));
-        let dir = std::env::temp_dir().join(format!("modernbert-train-tok-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
         tok.save(&dir.join("tokenizer.json")).unwrap();
         let loaded = RunTokenizer::from_file(&dir.join("tokenizer.json")).unwrap();
         assert_eq!(
