@@ -244,9 +244,8 @@ fn a_nonfinite_loss_stops_with_the_step_or_is_skipped() {
 
 #[test]
 fn an_unwritable_output_dir_fails_before_training() {
-    let (_base_guard, base) = out_dir();
-    std::fs::create_dir_all(&base).unwrap();
-    let file = base.join("file");
+    let base = tempfile::tempdir().unwrap();
+    let file = base.path().join("file");
     std::fs::write(&file, "x").unwrap();
     let started = std::time::Instant::now();
     // Without the SERIAL lock: the run must fail before it draws a random number.

@@ -305,9 +305,9 @@ mod tests {
     fn text_blocks_lines_and_jsonl_give_their_documents() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path();
-        let txt = write(&dir, "a.txt", "one\ntwo\n\n\nthree\n\n");
+        let txt = write(dir, "a.txt", "one\ntwo\n\n\nthree\n\n");
         let jsonl = write(
-            &dir,
+            dir,
             "b.jsonl",
             "{\"text\": \"four\"}\n\n{\"text\": \"five\", \"id\": 2}\n",
         );
@@ -329,8 +329,8 @@ mod tests {
     fn a_cursor_resumes_at_the_same_document_and_cycling_counts_epochs() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path();
-        let a = write(&dir, "a.txt", "1\n\n2\n\n3\n");
-        let b = write(&dir, "b.txt", "4\n\n5\n");
+        let a = write(dir, "a.txt", "1\n\n2\n\n3\n");
+        let b = write(dir, "b.txt", "4\n\n5\n");
         let mut docs = Documents::new(
             vec![a.clone(), b.clone()],
             TextSplit::Blocks,
@@ -361,13 +361,13 @@ mod tests {
     fn bad_inputs_are_clear_errors() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path();
-        let bad = write(&dir, "bad.jsonl", "{\"title\": \"x\"}\n");
+        let bad = write(dir, "bad.jsonl", "{\"title\": \"x\"}\n");
         let err = collect_err(vec![bad]);
         assert!(
             err.contains("bad.jsonl:1: no string field \"text\""),
             "{err}"
         );
-        let not_parquet = write(&dir, "x.parquet", "not parquet");
+        let not_parquet = write(dir, "x.parquet", "not parquet");
         assert!(collect_err(vec![not_parquet]).contains("not a readable Parquet file"));
         let err = resolve_paths(&[format!("{}/*.nothing", dir.display())]).unwrap_err();
         assert!(err.to_string().contains("matches no file"), "{err}");
