@@ -1,6 +1,7 @@
 //! Launching the backward kernels on a CubeCL backend. Where the forward would take its
-//! mma kernels: for a window the band kernels take (`forward.rs`'s `BandShape`), their
-//! deterministic pair (`kernel_backward_mma_band.rs`); else `kernel_backward_mma.rs`, by
+//! mma kernels: for a window the band kernels take (`forward.rs`'s `BandShape`) of whole
+//! 16-row blocks (±64 among them), their deterministic pair (`kernel_backward_mma_band.rs`);
+//! else `kernel_backward_mma.rs`, by
 //! default one kernel with dQ summed by f32 atomics (head_dim a multiple of 32), two
 //! deterministic ones under [`set_deterministic`](super::set_deterministic). Else the
 //! tensor-core kernels (`kernel_backward_cmma.rs`) where the forward would take its
@@ -145,8 +146,10 @@ pub fn varlen_attention_backward<R: CubeRuntime>(
         )
     };
     let choice = path_choice();
-    // A window the band kernels take: their deterministic pair (`kernel_backward_mma_band.rs`).
-    let band = BandShape::new(meta.window, MMA_PLANES).filter(|_| choice == PathChoice::Auto);
+    // A window the band kernels take, of whole 16-row blocks (the banded dS): their
+    // deterministic pair (`kernel_backward_mma_band.rs`).
+    let band = BandShape::new(meta.window, MMA_PLANES)
+        .filter(|band| band.window % TILE == 0 && choice == PathChoice::Auto);
     // The dK/dV kernel's shared memory, the larger: its own-row tile, the Q and dO spans, the
     // output scratch, lse and D (f32 per span row) and the barrier.
     let band_plan = band.and_then(|band| {
@@ -158,49 +161,46 @@ pub fn varlen_attention_backward<R: CubeRuntime>(
         ))
     });
     if let Some((band, vector)) = band_plan {
-        // The dQ kernel computes D and writes it for the dK/dV kernel, launched after it.
-        let delta = empty_device_contiguous_dtype(
+        // D, then dK/dV, which writes the banded dS (`band_scores.rs`), then dQ = dS·K.
+        let delta = delta(None);
+        let ds = empty_device_contiguous_dtype(
             client.clone(),
             q.device.clone(),
-            Shape::new([total, heads]),
-            DType::F32,
+            Shape::new([total, heads, band.score_columns()]),
+            q.dtype,
         );
         let dq = gradient();
         let cube_dim = CubeDim::new_2d(32, band.planes as u32);
-        flash_attention_varlen_dq_band_kernel::launch::<R>(
-            &client,
-            grid(band.block_m()),
-            cube_dim,
-            vector,
-            q.clone().into_tensor_arg(),
-            k.clone().into_tensor_arg(),
-            v.clone().into_tensor_arg(),
-            into_contiguous(out.clone()).into_tensor_arg(),
-            d_out.clone().into_tensor_arg(),
-            lse.clone().into_tensor_arg(),
-            cu_seqlens.clone().into_tensor_arg(),
-            delta.clone().into_tensor_arg(),
-            dq.clone().into_tensor_arg(),
-            scale,
-            band.window,
-            head_dim,
-            band.planes,
-            dtypes,
-        );
         flash_attention_varlen_dkv_band_kernel::launch::<R>(
             &client,
             grid(band.block_m()),
             cube_dim,
             vector,
             q.into_tensor_arg(),
-            k.into_tensor_arg(),
+            k.clone().into_tensor_arg(),
             v.into_tensor_arg(),
             d_out.into_tensor_arg(),
             lse.into_tensor_arg(),
             delta.into_tensor_arg(),
-            cu_seqlens.into_tensor_arg(),
+            cu_seqlens.clone().into_tensor_arg(),
             dk.clone().into_tensor_arg(),
             dv.clone().into_tensor_arg(),
+            ds.clone().into_tensor_arg(),
+            scale,
+            band.window,
+            head_dim,
+            band.planes,
+            dtypes,
+        );
+        flash_attention_varlen_dq_band_kernel::launch::<R>(
+            &client,
+            grid(band.block_m()),
+            cube_dim,
+            vector,
+            k.into_tensor_arg(),
+            ds.into_tensor_arg(),
+            cu_seqlens.into_tensor_arg(),
+            dq.clone().into_tensor_arg(),
             scale,
             band.window,
             head_dim,

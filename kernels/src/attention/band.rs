@@ -34,7 +34,7 @@ use super::staging::copy_shifted_rows_async;
 use super::tiling::NEG_BIG;
 
 /// Columns in a plane's band at ±`window`.
-fn band_columns(window: usize) -> usize {
+pub fn band_columns(window: usize) -> usize {
     TILE + 2 * window
 }
 
@@ -57,6 +57,16 @@ pub fn span_rows(window: usize, planes: usize) -> usize {
 /// starts `16 · (planes − 1)` rows into the span.
 pub fn stage_end(c: usize, window: usize, planes: usize, chunk: usize) -> usize {
     TILE * (planes - 1) + band_columns(window).min(chunk * (c + 1))
+}
+
+/// The first span row of stage `stage`: the rows that chunk `stage` of some plane reads and
+/// no earlier chunk did start where the previous stage ended.
+pub fn stage_start(stage: usize, window: usize, planes: usize, chunk: usize) -> usize {
+    if stage == 0 {
+        0
+    } else {
+        stage_end(stage - 1, window, planes, chunk)
+    }
 }
 
 /// Rows of the ring into which a cube that walks consecutive blocks stages their spans
@@ -87,11 +97,7 @@ pub fn copy_span_stage_async<F: Float, N: Size>(
     #[comptime] planes: usize,
     #[comptime] chunk: usize,
 ) {
-    let begin = comptime!(if stage == 0 {
-        0
-    } else {
-        stage_end(stage - 1, window, planes, chunk)
-    });
+    let begin = comptime!(stage_start(stage, window, planes, chunk));
     let end = comptime!(stage_end(stage, window, planes, chunk));
     copy_span_rows_async(
         a, b, a_span, b_span, cube, 0usize, begin, end, 0usize, window, head_dim, planes,

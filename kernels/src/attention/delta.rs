@@ -68,9 +68,9 @@ fn attention_delta_kernel<F: Float, N: Size, Z: Size>(
 
 /// The part of `dot(dO, O)` of row `row` (a `token · heads + head` index) that unit `lane`
 /// of the `lanes` units sharing the row sums, in f32: the row's vectors `lane, lane + lanes,
-/// ..` (the band dQ kernel computes D with it too, `kernel_backward_mma_band.rs`).
+/// ..`.
 #[cube]
-pub(super) fn row_dot_part<F: Float, N: Size>(
+fn row_dot_part<F: Float, N: Size>(
     d_out: &Tensor<Vector<F, N>>,
     out: &Tensor<Vector<F, N>>,
     row: usize,

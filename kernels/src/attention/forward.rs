@@ -22,7 +22,7 @@ use cubecl::features::{MmaConfig, Plane};
 use cubecl::ir::{BarrierLevel, ElemType, FloatKind, OpaqueType, StorageType};
 use cubecl::prelude::*;
 
-use super::band::{ring_rows, span_rows};
+use super::band::{band_columns, ring_rows, span_rows};
 use super::kernel::flash_attention_varlen_kernel;
 use super::kernel_cmma::{flash_attention_varlen_cmma_kernel, PAD, PAD_F32, TILE};
 use super::kernel_mma::flash_attention_varlen_mma_kernel;
@@ -155,6 +155,11 @@ impl BandShape {
     /// Own rows per cube.
     pub(crate) fn block_m(self) -> usize {
         TILE * self.planes
+    }
+
+    /// Columns of a row of the backward's banded dS (`band_scores.rs`).
+    pub(crate) fn score_columns(self) -> usize {
+        band_columns(self.window)
     }
 
     /// Rows of the span on the other side.

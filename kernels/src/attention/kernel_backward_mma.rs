@@ -337,7 +337,7 @@ pub fn lane_row_values(values: &Tensor<f32>, cube: &MmaCube) -> Array<f32> {
 }
 
 /// `dS = P ∘ (dP − D)` in place of the plane's (masked) scores `S` over `cols` keys, with
-/// `P = exp(S · scale − lse)` recomputed from its rows' lse and D ([`lane_row_values`], [`lane_row_deltas`]).
+/// `P = exp(S · scale − lse)` recomputed from its rows' lse and D ([`lane_row_values`]).
 #[cube]
 pub fn score_gradients(
     s: &mut Sequence<Array<AccPair>>,

@@ -1,16 +1,16 @@
-//! The sliding-window flash-attention backward on `mma.sync` (cube code only): the two
-//! kernels of `kernel_backward_mma.rs`'s deterministic pair, each plane walking only its band
-//! (`band.rs`) of the other side, 144 rows at ±64 where the tiled kernels compute 192.
+//! The sliding-window flash-attention backward on `mma.sync` (cube code only): a
+//! deterministic pair of kernels in which each plane walks only its band (`band.rs`) of the
+//! other side, 144 rows at ±64 where the tiled kernels (`kernel_backward_mma.rs`) compute 192.
 //!
-//! - [`flash_attention_varlen_dq_band_kernel`]: a cube owns `16 · planes` queries (A operands
-//!   of Q and dO) and stages their key span (K and V); it computes their `D = rowsum(dO ∘ O)`
-//!   and writes it for the dK/dV kernel, which runs after it (so D takes no launch of its
-//!   own, `delta.rs`); per chunk of a plane's band, `S` and `dP` into registers, the band
-//!   mask, `dS = P ∘ (dP − D)` in place, `dQ += dS·K`; at the end `dQ · scale`.
-//! - [`flash_attention_varlen_dkv_band_kernel`]: a cube owns `16 · planes` keys (A operands
-//!   of K and V) and stages their query span (Q, dO, and each query's lse and D); per chunk,
-//!   `Sᵀ` and `dPᵀ`, the mask, `Pᵀ` and `dSᵀ` in place, `dV += Pᵀ·dO`, `dK += dSᵀ·Q`; at the
-//!   end `dK · scale`.
+//! - [`flash_attention_varlen_dkv_band_kernel`] (first, after D, `delta.rs`): a cube owns
+//!   `16 · planes` keys (A operands of K and V) and stages their query span (Q, dO, and each
+//!   query's lse and D); per chunk, `Sᵀ` and `dPᵀ`, the mask, `Pᵀ` and `dSᵀ` in place, `dV +=
+//!   Pᵀ·dO`, `dK += dSᵀ·Q`, and `dSᵀ` written to the banded dS buffer (`band_scores.rs`); at
+//!   the end `dK · scale`.
+//! - [`flash_attention_varlen_dq_band_kernel`]: a cube owns `16 · planes` queries and stages
+//!   their key span of K and of the banded dS; per chunk of a plane's band, `dQ += dS·K`; at
+//!   the end `dQ · scale`. It recomputes nothing: one product where recomputing `S` and `dP`
+//!   would take three.
 //!
 //! Each gradient row is owned by one plane and summed in a fixed order, so the pair is
 //! deterministic, without atomics. Every barrier is reached by all units of a cube; own rows
@@ -19,17 +19,18 @@
 use cubecl::prelude::barrier::Barrier;
 use cubecl::prelude::*;
 
-use super::band::{band_chunks, chunk_columns, copy_span_stage_async, mask_band_chunk, span_rows};
-use super::delta::row_dot_part;
-use super::kernel_backward_mma::{
-    lane_row_values, score_gradients, transposed_score_gradients, write_scaled_rows,
+use super::band::{
+    band_chunks, chunk_columns, copy_span_stage_async, mask_band_chunk, span_rows, stage_end,
+    stage_start,
 };
-use super::kernel_cmma::{row_sum, SMEM_ALIGN, TILE};
+use super::band_scores::{band_score_operand, copy_band_scores_async, write_band_scores};
+use super::kernel_backward_mma::{transposed_score_gradients, write_scaled_rows};
+use super::kernel_cmma::{SMEM_ALIGN, TILE};
 use super::mma_tiles::{
-    accumulate_products, mma_cube, output_scratch, own_operands, scores, staged_tile, tile_offset,
-    zero_accumulators, MmaCube, QUAD,
+    accumulate_block_products, accumulate_products, mma_cube, output_scratch, own_operands,
+    ring_block_start, scores, staged_tile, tile_offset, tile_vectors, zero_accumulators, MmaCube,
 };
-use super::staging::stage_shifted_row_values_pair;
+use super::staging::{copy_shifted_rows_async, stage_shifted_row_values_pair};
 
 /// Keys per chunk of the dQ kernel: three 16-key blocks (a band of 144 at ±64 is three).
 const DQ_CHUNK: usize = 48;
@@ -37,18 +38,14 @@ const DQ_CHUNK: usize = 48;
 /// so takes smaller chunks (as its tiled form takes smaller tiles, `backward.rs`).
 const DKV_CHUNK: usize = 32;
 
-/// `dQ` for a block of `16 · planes` queries per cube at ±`window`.
+/// `dQ` for a block of `16 · planes` queries per cube at ±`window` (a multiple of 16), from
+/// the banded dS that [`flash_attention_varlen_dkv_band_kernel`] wrote.
 #[cube(launch, fast_math = FastMath::ReducedPrecision | FastMath::NotNaN | FastMath::NotInf)]
 #[allow(clippy::too_many_arguments)]
 pub fn flash_attention_varlen_dq_band_kernel<F: Float, I: Numeric, N: Size>(
-    q: &Tensor<Vector<F, N>>, // [total, heads, head_dim], contiguous (as are all below)
-    k: &Tensor<Vector<F, N>>, // [total, heads, head_dim]
-    v: &Tensor<Vector<F, N>>, // [total, heads, head_dim]
-    out: &Tensor<Vector<F, N>>, // [total, heads, head_dim], the forward's output
-    d_out: &Tensor<Vector<F, N>>, // [total, heads, head_dim]
-    lse: &Tensor<f32>,        // [total, heads]
+    k: &Tensor<Vector<F, N>>, // [total, heads, head_dim], contiguous (as are all below)
+    ds: &Tensor<Vector<F, N>>, // [total, heads, 16 + 2 · window], `band_scores.rs`
     cu_seqlens: &Tensor<I>,   // [batch + 1]
-    delta: &mut Tensor<f32>,  // [total, heads], rowsum(dO ∘ O), written here
     dq: &mut Tensor<Vector<F, N>>, // [total, heads, head_dim]
     scale: f32,
     #[comptime] window: usize,
@@ -59,73 +56,71 @@ pub fn flash_attention_varlen_dq_band_kernel<F: Float, I: Numeric, N: Size>(
     let block_m = comptime!(TILE * planes);
     let span = comptime!(span_rows(window, planes));
     let chunks = comptime!(band_chunks(window, DQ_CHUNK));
-    let cube = mma_cube(cu_seqlens, q.shape(1), window, planes, 1usize, true);
-    let block = cube.range.clone();
+    let cube = mma_cube(cu_seqlens, k.shape(1), window, planes, 1usize, true);
 
-    let mut own_tile = staged_tile::<F, N>(block_m, head_dim);
     let mut k_span = staged_tile::<F, N>(span, head_dim);
-    let mut v_span = staged_tile::<F, N>(span, head_dim);
+    let mut ds_span = staged_tile::<F, N>(span, block_m);
     let mut scratch = output_scratch::<F>(block_m, head_dim);
     // Completes a phase when every unit has arrived and the copies they committed have landed.
     let copies = Barrier::shared(CUBE_DIM, UNIT_POS == 0);
 
     // A block past the sequence end sees no keys (uniform over the cube) and writes nothing.
-    if block.k_lo < block.k_hi {
-        // The span's first stage flies while the plane's Q and dO rows are staged.
-        copy_span_stage_async(
+    if cube.range.k_lo < cube.range.k_hi {
+        copy_dq_stage_async(
             k,
-            v,
+            ds,
             &mut k_span,
-            &mut v_span,
+            &mut ds_span,
             &cube,
             0usize,
             window,
             head_dim,
             planes,
-            DQ_CHUNK,
         );
         copies.commit_copy_async();
-        let q_ops = own_operands(q, &mut own_tile, &cube, head_dim, planes, 1usize);
-        let do_ops = own_operands(d_out, &mut own_tile, &cube, head_dim, planes, 1usize);
-        let row_lse = lane_row_values(lse, &cube);
-        let row_delta = lane_row_deltas(d_out, out, delta, &cube, head_dim);
         copies.arrive_and_wait();
 
         let mut dq_acc = zero_accumulators(head_dim);
-        let row0 = cube.row0 + cube.first_row;
         #[unroll]
         for c in 0..chunks {
             if comptime!(c + 1 < chunks) {
-                copy_span_stage_async(
+                copy_dq_stage_async(
                     k,
-                    v,
+                    ds,
                     &mut k_span,
-                    &mut v_span,
+                    &mut ds_span,
                     &cube,
                     comptime!(c + 1),
                     window,
                     head_dim,
                     planes,
-                    DQ_CHUNK,
                 );
                 copies.commit_copy_async();
             }
-            let j0 = comptime!(c * DQ_CHUNK);
-            let cols = comptime!(chunk_columns(c, window, DQ_CHUNK));
-            let chunk_start = tile_offset::<N>(cube.first_row + j0, 0usize, head_dim);
-            let mut ds = scores(&q_ops, &k_span, chunk_start, cols, head_dim, 1usize);
-            let dp = scores(&do_ops, &v_span, chunk_start, cols, head_dim, 1usize);
-            mask_band_chunk(&mut ds, row0, block.len, j0, cols, window);
-            score_gradients(&mut ds, &dp, &row_lse, &row_delta, scale, cols);
-            accumulate_products(
-                &mut dq_acc,
-                &ds,
-                &k_span,
-                chunk_start,
-                cols,
-                head_dim,
-                1usize,
-            );
+            let key_row = cube.first_row + comptime!(c * DQ_CHUNK);
+            let chunk_start = tile_offset::<N>(key_row, 0usize, head_dim);
+            #[unroll]
+            for b in 0..comptime!(chunk_columns(c, window, DQ_CHUNK) / TILE) {
+                let mut a = Sequence::new();
+                a.push(band_score_operand(
+                    &ds_span,
+                    key_row + b * TILE,
+                    cube.first_row,
+                    planes,
+                ));
+                let block_start = ring_block_start::<N>(chunk_start, b, 0usize, head_dim);
+                accumulate_block_products(
+                    &mut dq_acc,
+                    &a,
+                    &k_span,
+                    block_start,
+                    0usize,
+                    0usize,
+                    head_dim,
+                    head_dim,
+                    1usize,
+                );
+            }
             if comptime!(c + 1 < chunks) {
                 // The next stage has landed (every unit committed its copies before).
                 copies.arrive_and_wait();
@@ -136,39 +131,45 @@ pub fn flash_attention_varlen_dq_band_kernel<F: Float, I: Numeric, N: Size>(
     }
 }
 
-/// `D = rowsum(dO ∘ O)` of the lane's own query rows `g` and `g + 8` (zeros past the
-/// sequence end), in f32 from dO and O in their dtype as `delta.rs` computes it
-/// ([`row_dot_part`]): the 4 lanes that share a row each sum a quarter of its vectors, then
-/// add theirs with shuffles. Lane `t = 0` writes each row's D to `delta`.
+/// Issues the asynchronous copies of stage `stage` of the dQ kernel's span of K and of the
+/// banded dS: the span rows that chunk `stage` of some plane reads and no earlier chunk did.
 #[cube]
-fn lane_row_deltas<F: Float, N: Size>(
-    d_out: &Tensor<Vector<F, N>>,
-    out: &Tensor<Vector<F, N>>,
-    delta: &mut Tensor<f32>,
+#[allow(clippy::too_many_arguments)]
+fn copy_dq_stage_async<F: Float, N: Size>(
+    k: &Tensor<Vector<F, N>>,
+    ds: &Tensor<Vector<F, N>>,
+    k_span: &mut SharedMemory<Vector<F, N>>,
+    ds_span: &mut SharedMemory<Vector<F, N>>,
     cube: &MmaCube,
+    #[comptime] stage: usize,
+    #[comptime] window: usize,
     #[comptime] head_dim: usize,
-) -> Array<f32> {
-    let block = &cube.range;
-    let mut row_delta = Array::<f32>::new(2usize);
-    #[unroll]
-    for e in 0..comptime!(2usize) {
-        let qi = cube.row0 + cube.first_row + cube.g + 8 * e;
-        let token_head = (block.start + qi) * cube.heads + cube.head;
-        let mut sum = f32::new(0.0);
-        if qi < block.len {
-            sum = row_dot_part(d_out, out, token_head, cube.t, head_dim, QUAD);
-        }
-        // Every lane of the plane takes part in the shuffles.
-        let sum = row_sum(sum, QUAD);
-        if qi < block.len && cube.t == 0 {
-            delta[token_head] = sum;
-        }
-        row_delta[e] = sum;
-    }
-    row_delta
+    #[comptime] planes: usize,
+) {
+    let begin = comptime!(stage_start(stage, window, planes, DQ_CHUNK));
+    let end = comptime!(stage_end(stage, window, planes, DQ_CHUNK));
+    // Span row i is key row0 − window + i: counted from `window` before it, row0 + i.
+    copy_shifted_rows_async(
+        k,
+        k_span,
+        tile_vectors::<N>(begin, head_dim),
+        cube.range.start,
+        cube.row0 + begin,
+        cube.range.len,
+        cube.head,
+        cube.heads,
+        cube.unit,
+        window,
+        0usize,
+        comptime!(end - begin),
+        head_dim,
+        comptime!(32 * planes),
+    );
+    copy_band_scores_async(ds, ds_span, cube, begin, end, window, planes);
 }
 
-/// `dK` and `dV` for a block of `16 · planes` keys per cube at ±`window`.
+/// `dK` and `dV` for a block of `16 · planes` keys per cube at ±`window`, and their banded
+/// `dS` (`band_scores.rs`, `window` a multiple of 16).
 #[cube(launch, fast_math = FastMath::ReducedPrecision | FastMath::NotNaN | FastMath::NotInf)]
 #[allow(clippy::too_many_arguments)]
 pub fn flash_attention_varlen_dkv_band_kernel<F: Float, I: Numeric, N: Size>(
@@ -181,6 +182,7 @@ pub fn flash_attention_varlen_dkv_band_kernel<F: Float, I: Numeric, N: Size>(
     cu_seqlens: &Tensor<I>,   // [batch + 1]
     dk: &mut Tensor<Vector<F, N>>, // [total, heads, head_dim]
     dv: &mut Tensor<Vector<F, N>>, // [total, heads, head_dim]
+    ds: &mut Tensor<Vector<F, N>>, // [total, heads, 16 + 2 · window], written here
     scale: f32,
     #[comptime] window: usize,
     #[comptime] head_dim: usize,
@@ -295,6 +297,7 @@ pub fn flash_attention_varlen_dkv_band_kernel<F: Float, I: Numeric, N: Size>(
                 head_dim,
                 1usize,
             );
+            write_band_scores(&ds_t, &mut scratch, ds, &cube, j0, cols, window, head_dim);
             if comptime!(c + 1 < chunks) {
                 // The next stage has landed (every unit committed its copies before).
                 copies.arrive_and_wait();

@@ -505,9 +505,7 @@ pub fn scratch_stride<E: Float>(#[comptime] head_dim: usize) -> comptime_type!(u
 
 /// Writes the plane's `16 · m_tiles` own rows of `head_dim / 8` accumulators per m-tile,
 /// row `g + 8e` of m-tile `m` multiplied by `row_scale[2m + e]`, to `out` (one head),
-/// skipping rows at or past the sequence end. The rows go through the plane's rows of
-/// `scratch` ([`output_scratch`], f32 or `F`) to leave as vector stores, two lanes per row;
-/// the scratch is free again when this returns.
+/// skipping rows at or past the sequence end ([`write_row_columns`] over whole rows).
 #[cube]
 #[allow(clippy::too_many_arguments)]
 pub fn write_rows<F: Float, N: Size, E: Float>(
@@ -519,8 +517,33 @@ pub fn write_rows<F: Float, N: Size, E: Float>(
     #[comptime] head_dim: usize,
     #[comptime] m_tiles: usize,
 ) {
+    write_row_columns(
+        acc, row_scale, scratch, out, cube, 0usize, head_dim, head_dim, head_dim, m_tiles,
+    );
+}
+
+/// Writes the plane's `16 · m_tiles` own rows of `columns / 8` accumulators per m-tile, row
+/// `g + 8e` of m-tile `m` multiplied by `row_scale[2m + e]`, to columns `first_column ..
+/// first_column + columns` of rows of `row_width` elements of `out` (one head), skipping
+/// rows at or past the sequence end. The rows go through the plane's rows of `scratch`
+/// ([`output_scratch`] for `head_dim`, f32 or `F`, `columns ≤ head_dim`) to leave as vector
+/// stores, two lanes per row; the scratch is free again when this returns.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub fn write_row_columns<F: Float, N: Size, E: Float>(
+    acc: &Sequence<Array<AccPair>>,
+    row_scale: &Array<f32>,
+    scratch: &mut SharedMemory<E>,
+    out: &mut Tensor<Vector<F, N>>,
+    cube: &MmaCube,
+    #[comptime] first_column: usize,
+    #[comptime] columns: usize,
+    #[comptime] row_width: usize,
+    #[comptime] head_dim: usize,
+    #[comptime] m_tiles: usize,
+) {
     let scratch_stride = scratch_stride::<E>(head_dim);
-    let acc_per_tile = comptime!(head_dim / MMA_N);
+    let acc_per_tile = comptime!(columns / MMA_N);
     let lane = UNIT_POS_X as usize;
     let first_row = cube.first_row;
     let g = cube.g;
@@ -542,7 +565,8 @@ pub fn write_rows<F: Float, N: Size, E: Float>(
     sync_plane();
     let vector = N::value();
     let lanes_per_row = comptime!(32 / TILE);
-    let row_vectors = comptime!(head_dim / vector);
+    let row_vectors = comptime!(row_width / vector);
+    let first_vector = comptime!(first_column / vector);
     #[unroll]
     for m in 0..m_tiles {
         let row = first_row + m * TILE + lane / lanes_per_row;
@@ -551,14 +575,14 @@ pub fn write_rows<F: Float, N: Size, E: Float>(
         if position < cube.range.len {
             let token_head = (cube.range.start + position) * cube.heads + cube.head;
             #[unroll]
-            for j in 0..comptime!(row_vectors / lanes_per_row) {
+            for j in 0..comptime!(columns / vector / lanes_per_row) {
                 let chunk = j * lanes_per_row + part;
                 let mut value = Vector::<F, N>::empty();
                 #[unroll]
                 for e in 0..vector {
                     value[e] = F::cast_from(scratch[row * scratch_stride + chunk * vector + e]);
                 }
-                out[token_head * row_vectors + chunk] = value;
+                out[token_head * row_vectors + first_vector + chunk] = value;
             }
         }
     }

@@ -16,6 +16,8 @@ pub(crate) mod backward;
 #[cfg(feature = "cube")]
 mod band;
 #[cfg(feature = "cube")]
+mod band_scores;
+#[cfg(feature = "cube")]
 mod cmma_tiles;
 #[cfg(feature = "cube")]
 mod delta;
