@@ -61,6 +61,20 @@ fn mma_shared_bytes(head_dim: usize) -> usize {
     tiles + ds + row_values + scratch + 7 * SMEM_ALIGN
 }
 
+/// Shared memory of the band backward pair in bytes, the larger of its two kernels'
+/// (`kernel_backward_mma_band.rs`), in the 2-byte input dtype unless said, each array padded
+/// to the alignment:
+/// - dK/dV: its own-row tile, the Q and dO spans, the output scratch, lse and D (f32 per
+///   span row) and the barrier;
+/// - dQ: the K span, the output scratch, the span of the banded dS (`16 · planes` columns
+///   wide, whatever `head_dim`) and the barrier.
+fn band_shared_bytes(band: BandShape, head_dim: usize) -> usize {
+    let (block_m, span) = (band.block_m(), band.span_rows());
+    let dkv = BandShape::tile_bytes(head_dim, 2 * block_m + 2 * span, 7) + 2 * span * 4;
+    let dq = BandShape::tile_bytes(head_dim, span + block_m, 4) + span * (block_m + PAD) * 2;
+    dkv.max(dq)
+}
+
 /// Whether the dK/dV kernel's fused dQ applies to `head_dim`: its planes split the columns
 /// of `dQ` in whole 16-column blocks (`kernel_backward_mma.rs`), so for head dims such as 48
 /// or 80 the deterministic pair runs instead.
@@ -150,11 +164,8 @@ pub fn varlen_attention_backward<R: CubeRuntime>(
     // deterministic pair (`kernel_backward_mma_band.rs`).
     let band = BandShape::new(meta.window, MMA_PLANES)
         .filter(|band| band.window % TILE == 0 && choice == PathChoice::Auto);
-    // The dK/dV kernel's shared memory, the larger: its own-row tile, the Q and dO spans, the
-    // output scratch, lse and D (f32 per span row) and the barrier.
     let band_plan = band.and_then(|band| {
-        let rows = 2 * band.block_m() + 2 * band.span_rows();
-        let bytes = BandShape::tile_bytes(head_dim, rows, 7) + 2 * band.span_rows() * 4;
+        let bytes = band_shared_bytes(band, head_dim);
         Some((
             band,
             mma_plan(&client, q.dtype, head_dim, band.planes, bytes)?,
