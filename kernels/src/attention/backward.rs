@@ -1,9 +1,9 @@
 //! Launching the backward kernels on a CubeCL backend. Where the forward would take its
 //! mma kernels: for a window the band kernels take (`forward.rs`'s `BandShape`) of whole
 //! 16-row blocks (±64 among them), their deterministic pair (`kernel_backward_mma_band.rs`);
-//! else `kernel_backward_mma.rs`, by
-//! default one kernel with dQ summed by f32 atomics (head_dim a multiple of 32), two
-//! deterministic ones under [`set_deterministic`](super::set_deterministic). Else the
+//! else `kernel_backward_mma.rs`, by default one kernel with dQ summed by f32 atomics
+//! (head_dim a multiple of 32), two deterministic ones under
+//! [`set_deterministic`](super::set_deterministic). Else the
 //! tensor-core kernels (`kernel_backward_cmma.rs`) where the forward would take its
 //! tensor-core kernel (f16/bf16, a device with cmma, enough shared memory, see `forward.rs`),
 //! the plain ones (`kernel_backward.rs`) for every other dtype and device and when
