@@ -28,7 +28,8 @@ use super::kernel_backward_mma::{transposed_score_gradients, write_scaled_rows};
 use super::kernel_cmma::{SMEM_ALIGN, TILE};
 use super::mma_tiles::{
     accumulate_block_products, accumulate_products, mma_cube, output_scratch, own_operands,
-    ring_block_start, scores, staged_tile, tile_offset, tile_vectors, zero_accumulators, MmaCube,
+    ring_block_start, scores, staged_tile, tile_offset, tile_vectors, write_scaled_pairs,
+    zero_accumulators, MmaCube, Pair,
 };
 use super::staging::{copy_shifted_rows_async, stage_shifted_row_values_pair};
 
@@ -46,7 +47,7 @@ pub fn flash_attention_varlen_dq_band_kernel<F: Float, I: Numeric, N: Size>(
     k: &Tensor<Vector<F, N>>, // [total, heads, head_dim], contiguous (as are all below)
     ds: &Tensor<Vector<F, N>>, // [total, heads, 16 + 2 · window], `band_scores.rs`
     cu_seqlens: &Tensor<I>,   // [batch + 1]
-    dq: &mut Tensor<Vector<F, N>>, // [total, heads, head_dim]
+    dq: &mut Tensor<Pair<F>>, // [total, heads, head_dim], written as pairs
     scale: f32,
     #[comptime] window: usize,
     #[comptime] head_dim: usize,
@@ -58,9 +59,10 @@ pub fn flash_attention_varlen_dq_band_kernel<F: Float, I: Numeric, N: Size>(
     let chunks = comptime!(band_chunks(window, DQ_CHUNK));
     let cube = mma_cube(cu_seqlens, k.shape(1), window, planes, 1usize, true);
 
+    // No output scratch: dQ leaves straight from the registers, which keeps this kernel's
+    // shared memory (the two spans) small enough for four cubes per SM at head_dim 64.
     let mut k_span = staged_tile::<F, N>(span, head_dim);
     let mut ds_span = staged_tile::<F, N>(span, block_m);
-    let mut scratch = output_scratch::<F>(block_m, head_dim);
     // Completes a phase when every unit has arrived and the copies they committed have landed.
     let copies = Barrier::shared(CUBE_DIM, UNIT_POS == 0);
 
@@ -127,7 +129,7 @@ pub fn flash_attention_varlen_dq_band_kernel<F: Float, I: Numeric, N: Size>(
             }
         }
 
-        write_scaled_rows(&dq_acc, scale, &mut scratch, dq, &cube, head_dim);
+        write_scaled_pairs(&dq_acc, scale, dq, &cube, head_dim);
     }
 }
 

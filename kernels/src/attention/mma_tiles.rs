@@ -589,6 +589,38 @@ pub fn write_row_columns<F: Float, N: Size, E: Float>(
     sync_plane();
 }
 
+/// Writes the plane's 16 own rows of `head_dim / 8` accumulators, times `scale`, straight
+/// from the registers to `out` (one head, rows of `head_dim` elements stored as pairs): each
+/// lane stores its pair of each 8-column block, rows at or past the sequence end skipped.
+/// Unlike [`write_rows`] it needs no shared memory, so a kernel whose cubes per SM the
+/// scratch would limit (the band dQ kernel) keeps them; the stores are 4 bytes where the
+/// scratch's are vectors, which costs little once per cube.
+#[cube]
+pub fn write_scaled_pairs<F: Float>(
+    acc: &Sequence<Array<AccPair>>,
+    scale: f32,
+    out: &mut Tensor<Pair<F>>,
+    cube: &MmaCube,
+    #[comptime] head_dim: usize,
+) {
+    let row_pairs = comptime!(head_dim / 2);
+    #[unroll]
+    for e in 0..comptime!(2usize) {
+        let position = cube.row0 + cube.first_row + cube.g + 8 * e;
+        if position < cube.range.len {
+            let first_pair = ((cube.range.start + position) * cube.heads + cube.head) * row_pairs;
+            #[unroll]
+            for n in 0..comptime!(head_dim / MMA_N) {
+                let pair = acc.index(n)[e];
+                let mut scaled = AccPair::empty();
+                scaled[0] = pair[0] * scale;
+                scaled[1] = pair[1] * scale;
+                out[first_pair + n * comptime!(MMA_N / 2) + cube.t] = Pair::<F>::cast_from(scaled);
+            }
+        }
+    }
+}
+
 /// Offset, in vectors of `N`, of element `column` of row `row` of a staged tile.
 #[cube]
 pub fn tile_offset<N: Size>(row: usize, column: usize, #[comptime] head_dim: usize) -> usize {
