@@ -15,8 +15,6 @@
 //! - `seed only`: that product, sum and gradient alone, on a tracked tensor of the output's
 //!   shape (no attention): what `autodiff` pays on top of `op` to start the backward from dO.
 //!
-//! `host ms` is the time the host took to issue one pass before waiting for the device: when
-//! it nears `ms`, launches and allocations, not the kernels, set the pace.
 //! The table also gives the memory the device pool holds after the pass, and a last row runs
 //! the decomposed reference (dense scores) at B=1 S=8192 for comparison.
 //! `scripts/bench_attention_torch.py [--backward]` prints PyTorch's figures for the same
@@ -60,21 +58,8 @@ fn useful_pairs(len: usize, window: Option<usize>) -> f64 {
         .sum()
 }
 
-/// Seconds per call of a timed closure.
-struct Timing {
-    /// Mean wall time of a call, the device's work included.
-    seconds: f64,
-    /// Mean time the host took to issue a call (launches, allocations), before waiting for
-    /// the device: when it nears `seconds`, the host, not the kernels, sets the pace.
-    host_seconds: f64,
-}
-
-/// Times `run` over `iters` calls after 3 warm-up calls.
-fn time<B: Backend>(
-    device: &B::Device,
-    iters: usize,
-    run: impl Fn() -> Result<()>,
-) -> Result<Timing> {
+/// Mean seconds of `run` over `iters` calls after 3 warm-up calls.
+fn time<B: Backend>(device: &B::Device, iters: usize, run: impl Fn() -> Result<()>) -> Result<f64> {
     for _ in 0..3 {
         run()?;
     }
@@ -83,12 +68,8 @@ fn time<B: Backend>(
     for _ in 0..iters {
         run()?;
     }
-    let issued = start.elapsed();
     B::sync(device)?;
-    Ok(Timing {
-        seconds: start.elapsed().as_secs_f64() / iters as f64,
-        host_seconds: issued.as_secs_f64() / iters as f64,
-    })
+    Ok(start.elapsed().as_secs_f64() / iters as f64)
 }
 
 fn kernel_name(path: Option<KernelPath>) -> &'static str {
@@ -193,10 +174,8 @@ fn bench<B: Backend + DeviceMemory>(args: &Args, device: B::Device) -> Result<()
         "forward"
     };
     println!("{pass}");
-    println!(
-        "| shape | attention | via | dtype | kernel | ms | host ms | useful TFLOP/s | pool GiB |"
-    );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("| shape | attention | via | dtype | kernel | ms | useful TFLOP/s | pool GiB |");
+    println!("|---|---|---|---|---|---|---|---|");
     let mut shapes = vec![
         (64usize, 512usize, None),
         (64, 512, Some(64)),
@@ -219,11 +198,7 @@ fn bench<B: Backend + DeviceMemory>(args: &Args, device: B::Device) -> Result<()
         let kind = window.map_or("global".to_string(), |w| format!("window ±{w}"));
         // `attention`: whether the timed pass ran attention (the seed alone does not, and has
         // neither a kernel nor useful FLOPs).
-        let report = |via: &str, timing: Timing, attention: bool| {
-            let Timing {
-                seconds,
-                host_seconds,
-            } = timing;
+        let report = |via: &str, seconds: f64, attention: bool| {
             let tflops = if attention {
                 format!("{:.1}", flops / seconds / 1e12)
             } else {
@@ -243,9 +218,8 @@ fn bench<B: Backend + DeviceMemory>(args: &Args, device: B::Device) -> Result<()
                 kernel_name(last_kernel_path()).to_string()
             };
             println!(
-                "| B={batch} S={seq} | {kind} | {via} | {dtype} | {kernel} | {:.3} | {:.3} | {tflops} | {} |",
+                "| B={batch} S={seq} | {kind} | {via} | {dtype} | {kernel} | {:.3} | {tflops} | {} |",
                 seconds * 1e3,
-                host_seconds * 1e3,
                 gib(B::reserved_bytes(&device)),
             );
         };
@@ -255,32 +229,32 @@ fn bench<B: Backend + DeviceMemory>(args: &Args, device: B::Device) -> Result<()
                 window,
                 scale: None,
             };
-            let timing = time::<B>(&device, args.iters, || {
+            let seconds = time::<B>(&device, args.iters, || {
                 varlen_attention(q.clone(), k.clone(), v.clone(), &cu, options)?;
                 Ok(())
             })?;
-            report("op", timing, true);
+            report("op", seconds, true);
             continue;
         }
         if !reference {
-            let timing = time::<B>(&device, args.iters, || {
+            let seconds = time::<B>(&device, args.iters, || {
                 op_forward_backward(&inputs, &cu, window);
                 Ok(())
             })?;
-            report("op", timing, true);
+            report("op", seconds, true);
         }
         type AD<B> = Autodiff<B>;
         let inputs = inputs.map(Tensor::<AD<B>, 3>::from_inner);
         let cu =
             CuSeqlens::<AD<B>>::from_lengths(&vec![seq; batch], &device).context("cu_seqlens")?;
-        let timing = time::<B>(&device, args.iters, || {
+        let seconds = time::<B>(&device, args.iters, || {
             forward_backward(&inputs, &cu, window, reference)
         })?;
-        report("autodiff", timing, true);
+        report("autodiff", seconds, true);
         if !reference {
             let [out, _, _, d_out] = &inputs;
-            let timing = time::<B>(&device, args.iters, || seed(out, d_out))?;
-            report("seed only", timing, false);
+            let seconds = time::<B>(&device, args.iters, || seed(out, d_out))?;
+            report("seed only", seconds, false);
         }
     }
     Ok(())
