@@ -86,8 +86,8 @@ pub fn ring_rows(window: usize, planes: usize, chunk: usize) -> usize {
 #[cube]
 #[allow(clippy::too_many_arguments)]
 pub fn copy_span_stage_async<F: Float, N: Size>(
-    a: &Tensor<Vector<F, N>>,
-    b: &Tensor<Vector<F, N>>,
+    a: &Array<Vector<F, N>>,
+    b: &Array<Vector<F, N>>,
     a_span: &mut SharedMemory<Vector<F, N>>,
     b_span: &mut SharedMemory<Vector<F, N>>,
     cube: &MmaCube,
@@ -112,8 +112,8 @@ pub fn copy_span_stage_async<F: Float, N: Size>(
 #[cube]
 #[allow(clippy::too_many_arguments)]
 pub fn copy_span_rows_async<F: Float, N: Size>(
-    a: &Tensor<Vector<F, N>>,
-    b: &Tensor<Vector<F, N>>,
+    a: &Array<Vector<F, N>>,
+    b: &Array<Vector<F, N>>,
     a_span: &mut SharedMemory<Vector<F, N>>,
     b_span: &mut SharedMemory<Vector<F, N>>,
     cube: &MmaCube,

@@ -32,7 +32,7 @@ use super::mma_tiles::{tile_offset, write_row_columns, AccPair, MmaCube, Pair, M
 pub fn write_band_scores<F: Float, N: Size>(
     ds_t: &Sequence<Array<AccPair>>,
     scratch: &mut SharedMemory<F>,
-    ds: &mut Tensor<Vector<F, N>>,
+    ds: &mut Array<Vector<F, N>>,
     cube: &MmaCube,
     #[comptime] j0: usize,
     #[comptime] cols: usize,
@@ -64,7 +64,7 @@ pub fn write_band_scores<F: Float, N: Size>(
 /// completes its phase.
 #[cube]
 pub fn copy_band_scores_async<F: Float, N: Size>(
-    ds: &Tensor<Vector<F, N>>,
+    ds: &Array<Vector<F, N>>,
     ds_span: &mut SharedMemory<Vector<F, N>>,
     cube: &MmaCube,
     #[comptime] begin: usize,

@@ -28,10 +28,10 @@ const MAX_LANES_PER_ROW: usize = 8;
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 fn attention_delta_kernel<F: Float, N: Size, Z: Size>(
-    d_out: &Tensor<Vector<F, N>>, // [total, heads, head_dim], contiguous
-    out: &Tensor<Vector<F, N>>,   // [total, heads, head_dim], contiguous
-    delta: &mut Tensor<f32>,      // [total, heads]
-    zeroed: &mut Tensor<Vector<f32, Z>>, // [total, heads, head_dim] f32 (with `zero`)
+    d_out: &Array<Vector<F, N>>, // [total, heads, head_dim], contiguous
+    out: &Array<Vector<F, N>>,   // [total, heads, head_dim], contiguous
+    delta: &mut Array<f32>,      // [total, heads]
+    zeroed: &mut Array<Vector<f32, Z>>, // [total, heads, head_dim] f32 (with `zero`)
     #[comptime] head_dim: usize,
     #[comptime] units: usize,
     #[comptime] lanes_per_row: usize,
@@ -71,8 +71,8 @@ fn attention_delta_kernel<F: Float, N: Size, Z: Size>(
 /// ..`.
 #[cube]
 fn row_dot_part<F: Float, N: Size>(
-    d_out: &Tensor<Vector<F, N>>,
-    out: &Tensor<Vector<F, N>>,
+    d_out: &Array<Vector<F, N>>,
+    out: &Array<Vector<F, N>>,
     row: usize,
     lane: usize,
     #[comptime] head_dim: usize,
@@ -147,10 +147,10 @@ pub(crate) fn attention_delta<R: CubeRuntime>(
         CubeDim::new_1d(UNITS as u32),
         vector,
         zero_vector,
-        d_out.into_tensor_arg(),
-        out.into_tensor_arg(),
-        delta.clone().into_tensor_arg(),
-        zeroed.into_tensor_arg(),
+        d_out.into_array_arg(),
+        out.into_array_arg(),
+        delta.clone().into_array_arg(),
+        zeroed.into_array_arg(),
         head_dim,
         UNITS,
         lanes_per_row,

@@ -15,17 +15,17 @@
 use cubecl::prelude::*;
 
 use super::staging::stage_rows_f32_pair;
-use super::tiling::{key_visible, pass_tiles, unit_row, NEG_BIG};
+use super::tiling::{heads, key_visible, pass_tiles, unit_row, NEG_BIG};
 
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 pub fn flash_attention_varlen_kernel<F: Float, I: Numeric, O: Float>(
-    q: &Tensor<F>,          // [total, heads, head_dim], contiguous
-    k: &Tensor<F>,          // [total, heads, head_dim], contiguous
-    v: &Tensor<F>,          // [total, heads, head_dim], contiguous
-    cu_seqlens: &Tensor<I>, // [batch + 1]
-    out: &mut Tensor<O>,    // [total, heads, head_dim], f32 between passes
-    lse: &mut Tensor<f32>,  // [total, heads], natural-log sum of exp(scores)
+    q: &Array<F>,          // [total, heads, head_dim], contiguous
+    k: &Array<F>,          // [total, heads, head_dim], contiguous
+    v: &Array<F>,          // [total, heads, head_dim], contiguous
+    cu_seqlens: &Array<I>, // [batch + 1]
+    out: &mut Array<O>,    // [total, heads, head_dim], f32 between passes
+    lse: &mut Array<f32>,  // [total, heads], natural-log sum of exp(scores)
     scale: f32,
     window: u32,
     tile_begin: u32,
@@ -37,7 +37,7 @@ pub fn flash_attention_varlen_kernel<F: Float, I: Numeric, O: Float>(
     #[comptime] resume: bool,
     #[define(F, I, O)] _dtypes: [StorageType; 3],
 ) {
-    let heads = q.shape(1);
+    let heads = heads();
     let window = window as usize;
     let neg_big = f32::new(NEG_BIG);
     let zero = f32::new(0.0);

@@ -22,20 +22,20 @@
 use cubecl::prelude::*;
 
 use super::staging::{stage_row_values_pair, stage_rows_f32_pair};
-use super::tiling::{key_visible, pass_tiles, unit_row};
+use super::tiling::{heads, key_visible, pass_tiles, unit_row};
 
 /// `dQ` for one query row per unit.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 pub fn flash_attention_varlen_dq_kernel<F: Float, I: Numeric, O: Float>(
-    q: &Tensor<F>,          // [total, heads, head_dim], contiguous (as are all below)
-    k: &Tensor<F>,          // [total, heads, head_dim]
-    v: &Tensor<F>,          // [total, heads, head_dim]
-    d_out: &Tensor<F>,      // [total, heads, head_dim]
-    lse: &Tensor<f32>,      // [total, heads]
-    delta: &Tensor<f32>,    // [total, heads], rowsum(dO ∘ O)
-    cu_seqlens: &Tensor<I>, // [batch + 1]
-    dq: &mut Tensor<O>,     // [total, heads, head_dim]
+    q: &Array<F>,          // [total, heads, head_dim], contiguous (as are all below)
+    k: &Array<F>,          // [total, heads, head_dim]
+    v: &Array<F>,          // [total, heads, head_dim]
+    d_out: &Array<F>,      // [total, heads, head_dim]
+    lse: &Array<f32>,      // [total, heads]
+    delta: &Array<f32>,    // [total, heads], rowsum(dO ∘ O)
+    cu_seqlens: &Array<I>, // [batch + 1]
+    dq: &mut Array<O>,     // [total, heads, head_dim]
     scale: f32,
     window: u32,
     tile_begin: u32,
@@ -47,7 +47,7 @@ pub fn flash_attention_varlen_dq_kernel<F: Float, I: Numeric, O: Float>(
     #[comptime] resume: bool,
     #[define(F, I, O)] _dtypes: [StorageType; 3],
 ) {
-    let heads = q.shape(1);
+    let heads = heads();
     let window = window as usize;
     let rows = unit_row(cu_seqlens, window, windowed);
     let (start, head) = (rows.range.start, rows.head);
@@ -141,15 +141,15 @@ pub fn flash_attention_varlen_dq_kernel<F: Float, I: Numeric, O: Float>(
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 pub fn flash_attention_varlen_dkv_kernel<F: Float, I: Numeric, O: Float>(
-    q: &Tensor<F>,          // [total, heads, head_dim], contiguous (as are all below)
-    k: &Tensor<F>,          // [total, heads, head_dim]
-    v: &Tensor<F>,          // [total, heads, head_dim]
-    d_out: &Tensor<F>,      // [total, heads, head_dim]
-    lse: &Tensor<f32>,      // [total, heads]
-    delta: &Tensor<f32>,    // [total, heads], rowsum(dO ∘ O)
-    cu_seqlens: &Tensor<I>, // [batch + 1]
-    dk: &mut Tensor<O>,     // [total, heads, head_dim]
-    dv: &mut Tensor<O>,     // [total, heads, head_dim]
+    q: &Array<F>,          // [total, heads, head_dim], contiguous (as are all below)
+    k: &Array<F>,          // [total, heads, head_dim]
+    v: &Array<F>,          // [total, heads, head_dim]
+    d_out: &Array<F>,      // [total, heads, head_dim]
+    lse: &Array<f32>,      // [total, heads]
+    delta: &Array<f32>,    // [total, heads], rowsum(dO ∘ O)
+    cu_seqlens: &Array<I>, // [batch + 1]
+    dk: &mut Array<O>,     // [total, heads, head_dim]
+    dv: &mut Array<O>,     // [total, heads, head_dim]
     scale: f32,
     window: u32,
     tile_begin: u32,
@@ -161,7 +161,7 @@ pub fn flash_attention_varlen_dkv_kernel<F: Float, I: Numeric, O: Float>(
     #[comptime] resume: bool,
     #[define(F, I, O)] _dtypes: [StorageType; 3],
 ) {
-    let heads = q.shape(1);
+    let heads = heads();
     let window = window as usize;
     // The same range computation as for queries: the mask is symmetric.
     let rows = unit_row(cu_seqlens, window, windowed);
@@ -275,8 +275,8 @@ pub fn flash_attention_varlen_dkv_kernel<F: Float, I: Numeric, O: Float>(
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn load_row_pair<F: Float>(
-    a: &Tensor<F>,
-    b: &Tensor<F>,
+    a: &Array<F>,
+    b: &Array<F>,
     a_row: &mut Array<f32>,
     b_row: &mut Array<f32>,
     acc: &mut Array<f32>,

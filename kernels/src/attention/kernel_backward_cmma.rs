@@ -40,20 +40,20 @@ use super::cmma_tiles::{
 };
 use super::kernel_cmma::{PAD, PAD_F32, SMEM_ALIGN, TILE};
 use super::staging::{stage_row_values_pair, stage_rows};
-use super::tiling::{key_visible, query_block, QueryBlock};
+use super::tiling::{heads, key_visible, query_block, QueryBlock};
 
 /// `dQ` for a block of `16 · planes` queries per cube.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 pub fn flash_attention_varlen_dq_cmma_kernel<F: Float, I: Numeric, N: Size>(
-    q: &Tensor<Vector<F, N>>, // [total, heads, head_dim], contiguous (as are all below)
-    k: &Tensor<Vector<F, N>>, // [total, heads, head_dim]
-    v: &Tensor<Vector<F, N>>, // [total, heads, head_dim]
-    d_out: &Tensor<Vector<F, N>>, // [total, heads, head_dim]
-    lse: &Tensor<f32>,        // [total, heads]
-    delta: &Tensor<f32>,      // [total, heads], rowsum(dO ∘ O)
-    cu_seqlens: &Tensor<I>,   // [batch + 1]
-    dq: &mut Tensor<Vector<F, N>>, // [total, heads, head_dim]
+    q: &Array<Vector<F, N>>, // [total, heads, head_dim], contiguous (as are all below)
+    k: &Array<Vector<F, N>>, // [total, heads, head_dim]
+    v: &Array<Vector<F, N>>, // [total, heads, head_dim]
+    d_out: &Array<Vector<F, N>>, // [total, heads, head_dim]
+    lse: &Array<f32>,        // [total, heads]
+    delta: &Array<f32>,      // [total, heads], rowsum(dO ∘ O)
+    cu_seqlens: &Array<I>,   // [batch + 1]
+    dq: &mut Array<Vector<F, N>>, // [total, heads, head_dim]
     scale: f32,
     window: u32,
     #[comptime] head_dim: usize,
@@ -72,7 +72,7 @@ pub fn flash_attention_varlen_dq_cmma_kernel<F: Float, I: Numeric, N: Size>(
     let window = window as usize;
     let rows = plane_rows(cu_seqlens, window, planes, plane_dim, windowed);
     let range = rows.range;
-    let heads = q.shape(1);
+    let heads = heads();
     let q_valid = rows.position < range.len;
     let token_head = (range.start + rows.position) * heads + rows.head;
     let mut row_lse = f32::new(0.0);
@@ -220,15 +220,15 @@ pub fn flash_attention_varlen_dq_cmma_kernel<F: Float, I: Numeric, N: Size>(
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 pub fn flash_attention_varlen_dkv_cmma_kernel<F: Float, I: Numeric, N: Size>(
-    q: &Tensor<Vector<F, N>>, // [total, heads, head_dim], contiguous (as are all below)
-    k: &Tensor<Vector<F, N>>, // [total, heads, head_dim]
-    v: &Tensor<Vector<F, N>>, // [total, heads, head_dim]
-    d_out: &Tensor<Vector<F, N>>, // [total, heads, head_dim]
-    lse: &Tensor<f32>,        // [total, heads]
-    delta: &Tensor<f32>,      // [total, heads], rowsum(dO ∘ O)
-    cu_seqlens: &Tensor<I>,   // [batch + 1]
-    dk: &mut Tensor<Vector<F, N>>, // [total, heads, head_dim]
-    dv: &mut Tensor<Vector<F, N>>, // [total, heads, head_dim]
+    q: &Array<Vector<F, N>>, // [total, heads, head_dim], contiguous (as are all below)
+    k: &Array<Vector<F, N>>, // [total, heads, head_dim]
+    v: &Array<Vector<F, N>>, // [total, heads, head_dim]
+    d_out: &Array<Vector<F, N>>, // [total, heads, head_dim]
+    lse: &Array<f32>,        // [total, heads]
+    delta: &Array<f32>,      // [total, heads], rowsum(dO ∘ O)
+    cu_seqlens: &Array<I>,   // [batch + 1]
+    dk: &mut Array<Vector<F, N>>, // [total, heads, head_dim]
+    dv: &mut Array<Vector<F, N>>, // [total, heads, head_dim]
     scale: f32,
     window: u32,
     #[comptime] head_dim: usize,
@@ -248,7 +248,7 @@ pub fn flash_attention_varlen_dkv_cmma_kernel<F: Float, I: Numeric, N: Size>(
     // The range of a block of keys is that of a block of queries: the mask is symmetric.
     let rows = plane_rows(cu_seqlens, window, planes, plane_dim, windowed);
     let range = rows.range;
-    let heads = q.shape(1);
+    let heads = heads();
     let k_valid = rows.position < range.len;
     let token_head = (range.start + rows.position) * heads + rows.head;
 
@@ -457,7 +457,7 @@ struct PlaneRows {
 /// `(ceil(max_seqlen / block), heads, batch)`, and this unit's place in it.
 #[cube]
 fn plane_rows<I: Numeric>(
-    cu_seqlens: &Tensor<I>,
+    cu_seqlens: &Array<I>,
     window: usize,
     #[comptime] planes: usize,
     #[comptime] plane_dim: usize,
@@ -498,7 +498,7 @@ fn write_rows<F: Float, N: Size>(
     acc: &Sequence<cmma::Matrix<f32>>,
     scratch: &mut SharedMemory<f32>,
     scratch_base: usize,
-    out: &mut Tensor<Vector<F, N>>,
+    out: &mut Array<Vector<F, N>>,
     token_head: usize,
     valid: bool,
     factor: f32,

@@ -40,19 +40,20 @@ use super::mma_tiles::{
     write_rows, zero_accumulators, AccPair, MmaCube, Pair, MMA_N, QUAD,
 };
 use super::staging::{copy_row_values_pair_async, copy_rows_async, stage_rows};
+use super::tiling::heads;
 
 /// `dQ` for a block of `16 · planes` queries per cube, key tiles of `block_n`.
 #[cube(launch, fast_math = FastMath::ReducedPrecision | FastMath::NotNaN | FastMath::NotInf)]
 #[allow(clippy::too_many_arguments)]
 pub fn flash_attention_varlen_dq_mma_kernel<F: Float, I: Numeric, N: Size>(
-    q: &Tensor<Vector<F, N>>, // [total, heads, head_dim], contiguous (as are all below)
-    k: &Tensor<Vector<F, N>>, // [total, heads, head_dim]
-    v: &Tensor<Vector<F, N>>, // [total, heads, head_dim]
-    d_out: &Tensor<Vector<F, N>>, // [total, heads, head_dim]
-    lse: &Tensor<f32>,        // [total, heads]
-    delta: &Tensor<f32>,      // [total, heads], rowsum(dO ∘ O)
-    cu_seqlens: &Tensor<I>,   // [batch + 1]
-    dq: &mut Tensor<Vector<F, N>>, // [total, heads, head_dim]
+    q: &Array<Vector<F, N>>, // [total, heads, head_dim], contiguous (as are all below)
+    k: &Array<Vector<F, N>>, // [total, heads, head_dim]
+    v: &Array<Vector<F, N>>, // [total, heads, head_dim]
+    d_out: &Array<Vector<F, N>>, // [total, heads, head_dim]
+    lse: &Array<f32>,        // [total, heads]
+    delta: &Array<f32>,      // [total, heads], rowsum(dO ∘ O)
+    cu_seqlens: &Array<I>,   // [batch + 1]
+    dq: &mut Array<Vector<F, N>>, // [total, heads, head_dim]
     scale: f32,
     window: u32,
     #[comptime] head_dim: usize,
@@ -62,7 +63,7 @@ pub fn flash_attention_varlen_dq_mma_kernel<F: Float, I: Numeric, N: Size>(
     #[define(F, I)] _dtypes: [StorageType; 2],
 ) {
     let window = window as usize;
-    let cube = mma_cube(cu_seqlens, q.shape(1), window, planes, 1usize, windowed);
+    let cube = mma_cube(cu_seqlens, heads(), window, planes, 1usize, windowed);
     let block = cube.range.clone();
     let (head, heads, q0) = (cube.head, cube.heads, cube.row0);
 
@@ -131,16 +132,16 @@ pub fn flash_attention_varlen_dq_mma_kernel<F: Float, I: Numeric, N: Size>(
 #[cube(launch, fast_math = FastMath::ReducedPrecision | FastMath::NotNaN | FastMath::NotInf)]
 #[allow(clippy::too_many_arguments)]
 pub fn flash_attention_varlen_dkv_mma_kernel<F: Float, I: Numeric, N: Size, A: Size>(
-    q: &Tensor<Vector<F, N>>, // [total, heads, head_dim], contiguous (as are all below)
-    k: &Tensor<Vector<F, N>>, // [total, heads, head_dim]
-    v: &Tensor<Vector<F, N>>, // [total, heads, head_dim]
-    d_out: &Tensor<Vector<F, N>>, // [total, heads, head_dim]
-    lse: &Tensor<f32>,        // [total, heads]
-    delta: &Tensor<f32>,      // [total, heads], rowsum(dO ∘ O)
-    cu_seqlens: &Tensor<I>,   // [batch + 1]
-    dk: &mut Tensor<Vector<F, N>>, // [total, heads, head_dim]
-    dv: &mut Tensor<Vector<F, N>>, // [total, heads, head_dim]
-    dq_sum: &mut Tensor<Atomic<Vector<f32, A>>>, // [total, heads, head_dim], zeros (fused_dq)
+    q: &Array<Vector<F, N>>, // [total, heads, head_dim], contiguous (as are all below)
+    k: &Array<Vector<F, N>>, // [total, heads, head_dim]
+    v: &Array<Vector<F, N>>, // [total, heads, head_dim]
+    d_out: &Array<Vector<F, N>>, // [total, heads, head_dim]
+    lse: &Array<f32>,        // [total, heads]
+    delta: &Array<f32>,      // [total, heads], rowsum(dO ∘ O)
+    cu_seqlens: &Array<I>,   // [batch + 1]
+    dk: &mut Array<Vector<F, N>>, // [total, heads, head_dim]
+    dv: &mut Array<Vector<F, N>>, // [total, heads, head_dim]
+    dq_sum: &mut Array<Atomic<Vector<f32, A>>>, // [total, heads, head_dim], zeros (fused_dq)
     scale: f32,
     window: u32,
     #[comptime] head_dim: usize,
@@ -152,7 +153,7 @@ pub fn flash_attention_varlen_dkv_mma_kernel<F: Float, I: Numeric, N: Size, A: S
 ) {
     let window = window as usize;
     // The cube's own rows are keys; its range is the queries that see them.
-    let cube = mma_cube(cu_seqlens, q.shape(1), window, planes, 1usize, windowed);
+    let cube = mma_cube(cu_seqlens, heads(), window, planes, 1usize, windowed);
     let range = cube.range.clone();
     let k0 = cube.row0;
 
@@ -309,7 +310,7 @@ pub fn write_scaled_rows<F: Float, N: Size, E: Float>(
     acc: &Sequence<Array<AccPair>>,
     scale: f32,
     scratch: &mut SharedMemory<E>,
-    out: &mut Tensor<Vector<F, N>>,
+    out: &mut Array<Vector<F, N>>,
     cube: &MmaCube,
     #[comptime] head_dim: usize,
 ) {
@@ -322,7 +323,7 @@ pub fn write_scaled_rows<F: Float, N: Size, E: Float>(
 /// Values of the lane's own query rows `g` and `g + 8` in a `[total, heads]` f32 tensor (lse
 /// or D; zeros past the sequence end).
 #[cube]
-pub fn lane_row_values(values: &Tensor<f32>, cube: &MmaCube) -> Array<f32> {
+pub fn lane_row_values(values: &Array<f32>, cube: &MmaCube) -> Array<f32> {
     let block = &cube.range;
     let mut row_values = Array::<f32>::new(2usize);
     #[unroll]
@@ -409,10 +410,10 @@ pub fn transposed_score_gradients(
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn copy_query_tile_async<F: Float, N: Size>(
-    q: &Tensor<Vector<F, N>>,
-    d_out: &Tensor<Vector<F, N>>,
-    lse: &Tensor<f32>,
-    delta: &Tensor<f32>,
+    q: &Array<Vector<F, N>>,
+    d_out: &Array<Vector<F, N>>,
+    lse: &Array<f32>,
+    delta: &Array<f32>,
     q_tiles: &mut SharedMemory<Vector<F, N>>,
     do_tiles: &mut SharedMemory<Vector<F, N>>,
     lse_tiles: &mut SharedMemory<f32>,
@@ -490,7 +491,7 @@ fn add_dq_products<F: Float, N: Size, A: Size>(
     ds_tile: &SharedMemory<F>,
     k_tile: &SharedMemory<Vector<F, N>>,
     scratch: &mut SharedMemory<f32>,
-    dq_sum: &mut Tensor<Atomic<Vector<f32, A>>>,
+    dq_sum: &mut Array<Atomic<Vector<f32, A>>>,
     cube: &MmaCube,
     qb: usize,
     #[comptime] head_dim: usize,

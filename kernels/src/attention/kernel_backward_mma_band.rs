@@ -32,6 +32,7 @@ use super::mma_tiles::{
     zero_accumulators, MmaCube, Pair,
 };
 use super::staging::{copy_shifted_rows_async, stage_shifted_row_values_pair};
+use super::tiling::heads;
 
 /// Keys per chunk of the dQ kernel: three 16-key blocks (a band of 144 at ±64 is three).
 const DQ_CHUNK: usize = 48;
@@ -44,10 +45,10 @@ const DKV_CHUNK: usize = 32;
 #[cube(launch, fast_math = FastMath::ReducedPrecision | FastMath::NotNaN | FastMath::NotInf)]
 #[allow(clippy::too_many_arguments)]
 pub fn flash_attention_varlen_dq_band_kernel<F: Float, I: Numeric, N: Size>(
-    k: &Tensor<Vector<F, N>>, // [total, heads, head_dim], contiguous (as are all below)
-    ds: &Tensor<Vector<F, N>>, // [total, heads, 16 + 2 · window], `band_scores.rs`
-    cu_seqlens: &Tensor<I>,   // [batch + 1]
-    dq: &mut Tensor<Pair<F>>, // [total, heads, head_dim], written as pairs
+    k: &Array<Vector<F, N>>, // [total, heads, head_dim], contiguous (as are all below)
+    ds: &Array<Vector<F, N>>, // [total, heads, 16 + 2 · window], `band_scores.rs`
+    cu_seqlens: &Array<I>,   // [batch + 1]
+    dq: &mut Array<Pair<F>>, // [total, heads, head_dim], written as pairs
     scale: f32,
     #[comptime] window: usize,
     #[comptime] head_dim: usize,
@@ -57,7 +58,7 @@ pub fn flash_attention_varlen_dq_band_kernel<F: Float, I: Numeric, N: Size>(
     let block_m = comptime!(TILE * planes);
     let span = comptime!(span_rows(window, planes));
     let chunks = comptime!(band_chunks(window, DQ_CHUNK));
-    let cube = mma_cube(cu_seqlens, k.shape(1), window, planes, 1usize, true);
+    let cube = mma_cube(cu_seqlens, heads(), window, planes, 1usize, true);
 
     // No output scratch: dQ leaves straight from the registers, which keeps this kernel's
     // shared memory (the two spans) small enough for four cubes per SM at head_dim 64.
@@ -138,8 +139,8 @@ pub fn flash_attention_varlen_dq_band_kernel<F: Float, I: Numeric, N: Size>(
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn copy_dq_stage_async<F: Float, N: Size>(
-    k: &Tensor<Vector<F, N>>,
-    ds: &Tensor<Vector<F, N>>,
+    k: &Array<Vector<F, N>>,
+    ds: &Array<Vector<F, N>>,
     k_span: &mut SharedMemory<Vector<F, N>>,
     ds_span: &mut SharedMemory<Vector<F, N>>,
     cube: &MmaCube,
@@ -175,16 +176,16 @@ fn copy_dq_stage_async<F: Float, N: Size>(
 #[cube(launch, fast_math = FastMath::ReducedPrecision | FastMath::NotNaN | FastMath::NotInf)]
 #[allow(clippy::too_many_arguments)]
 pub fn flash_attention_varlen_dkv_band_kernel<F: Float, I: Numeric, N: Size>(
-    q: &Tensor<Vector<F, N>>, // [total, heads, head_dim], contiguous (as are all below)
-    k: &Tensor<Vector<F, N>>, // [total, heads, head_dim]
-    v: &Tensor<Vector<F, N>>, // [total, heads, head_dim]
-    d_out: &Tensor<Vector<F, N>>, // [total, heads, head_dim]
-    lse: &Tensor<f32>,        // [total, heads]
-    delta: &Tensor<f32>,      // [total, heads], rowsum(dO ∘ O)
-    cu_seqlens: &Tensor<I>,   // [batch + 1]
-    dk: &mut Tensor<Vector<F, N>>, // [total, heads, head_dim]
-    dv: &mut Tensor<Vector<F, N>>, // [total, heads, head_dim]
-    ds: &mut Tensor<Vector<F, N>>, // [total, heads, 16 + 2 · window], written here
+    q: &Array<Vector<F, N>>, // [total, heads, head_dim], contiguous (as are all below)
+    k: &Array<Vector<F, N>>, // [total, heads, head_dim]
+    v: &Array<Vector<F, N>>, // [total, heads, head_dim]
+    d_out: &Array<Vector<F, N>>, // [total, heads, head_dim]
+    lse: &Array<f32>,        // [total, heads]
+    delta: &Array<f32>,      // [total, heads], rowsum(dO ∘ O)
+    cu_seqlens: &Array<I>,   // [batch + 1]
+    dk: &mut Array<Vector<F, N>>, // [total, heads, head_dim]
+    dv: &mut Array<Vector<F, N>>, // [total, heads, head_dim]
+    ds: &mut Array<Vector<F, N>>, // [total, heads, 16 + 2 · window], written here
     scale: f32,
     #[comptime] window: usize,
     #[comptime] head_dim: usize,
@@ -195,7 +196,7 @@ pub fn flash_attention_varlen_dkv_band_kernel<F: Float, I: Numeric, N: Size>(
     let span = comptime!(span_rows(window, planes));
     let chunks = comptime!(band_chunks(window, DKV_CHUNK));
     // The cube's own rows are keys; its range is the queries that see them.
-    let cube = mma_cube(cu_seqlens, q.shape(1), window, planes, 1usize, true);
+    let cube = mma_cube(cu_seqlens, heads(), window, planes, 1usize, true);
     let range = cube.range.clone();
 
     let mut own_tile = staged_tile::<F, N>(block_m, head_dim);

@@ -33,7 +33,7 @@ use super::cmma_tiles::{
     accumulate_products, products_to_scratch, row_fragments, zero_accumulators,
 };
 use super::staging::stage_rows;
-use super::tiling::{key_visible, query_block, NEG_BIG};
+use super::tiling::{heads, key_visible, query_block, NEG_BIG};
 
 /// Side of a cmma tile (m = n = k = 16).
 pub const TILE: usize = 16;
@@ -51,12 +51,12 @@ pub const RESCALE_THRESHOLD: f32 = 8.0;
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 pub fn flash_attention_varlen_cmma_kernel<F: Float, I: Numeric, N: Size>(
-    q: &Tensor<Vector<F, N>>,       // [total, heads, head_dim], contiguous
-    k: &Tensor<Vector<F, N>>,       // [total, heads, head_dim], contiguous
-    v: &Tensor<Vector<F, N>>,       // [total, heads, head_dim], contiguous
-    cu_seqlens: &Tensor<I>,         // [batch + 1]
-    out: &mut Tensor<Vector<F, N>>, // [total, heads, head_dim]
-    lse: &mut Tensor<f32>,          // [total, heads], natural-log sum of exp(scores)
+    q: &Array<Vector<F, N>>,       // [total, heads, head_dim], contiguous
+    k: &Array<Vector<F, N>>,       // [total, heads, head_dim], contiguous
+    v: &Array<Vector<F, N>>,       // [total, heads, head_dim], contiguous
+    cu_seqlens: &Array<I>,         // [batch + 1]
+    out: &mut Array<Vector<F, N>>, // [total, heads, head_dim]
+    lse: &mut Array<f32>,          // [total, heads], natural-log sum of exp(scores)
     scale: f32,
     window: u32,
     #[comptime] head_dim: usize,
@@ -78,7 +78,7 @@ pub fn flash_attention_varlen_cmma_kernel<F: Float, I: Numeric, N: Size>(
     let plane = UNIT_POS_Y as usize;
     let unit = plane * plane_dim + lane;
     let head = CUBE_POS_Y as usize;
-    let heads = q.shape(1);
+    let heads = heads();
     let window = window as usize;
     let q0 = CUBE_POS_X as usize * block_m;
     let block = query_block(

@@ -42,16 +42,17 @@ use super::mma_tiles::{
     staged_tile, tile_vectors, zero_accumulators, MmaCube,
 };
 use super::staging::copy_rows_async;
+use super::tiling::heads;
 
 #[cube(launch, fast_math = FastMath::ReducedPrecision | FastMath::NotNaN | FastMath::NotInf)]
 #[allow(clippy::too_many_arguments)]
 pub fn flash_attention_varlen_mma_kernel<F: Float, I: Numeric, N: Size>(
-    q: &Tensor<Vector<F, N>>,       // [total, heads, head_dim], contiguous
-    k: &Tensor<Vector<F, N>>,       // [total, heads, head_dim], contiguous
-    v: &Tensor<Vector<F, N>>,       // [total, heads, head_dim], contiguous
-    cu_seqlens: &Tensor<I>,         // [batch + 1]
-    out: &mut Tensor<Vector<F, N>>, // [total, heads, head_dim]
-    lse: &mut Tensor<f32>,          // [total, heads], natural-log sum of exp(scores)
+    q: &Array<Vector<F, N>>,       // [total, heads, head_dim], contiguous
+    k: &Array<Vector<F, N>>,       // [total, heads, head_dim], contiguous
+    v: &Array<Vector<F, N>>,       // [total, heads, head_dim], contiguous
+    cu_seqlens: &Array<I>,         // [batch + 1]
+    out: &mut Array<Vector<F, N>>, // [total, heads, head_dim]
+    lse: &mut Array<f32>,          // [total, heads], natural-log sum of exp(scores)
     scale: f32,
     window: u32,
     #[comptime] head_dim: usize,
@@ -65,7 +66,7 @@ pub fn flash_attention_varlen_mma_kernel<F: Float, I: Numeric, N: Size>(
     let block_m = comptime!(TILE * m_tiles * planes);
     let tile_vectors = tile_vectors::<N>(block_n, head_dim);
     let window = window as usize;
-    let cube = mma_cube(cu_seqlens, q.shape(1), window, planes, m_tiles, windowed);
+    let cube = mma_cube(cu_seqlens, heads(), window, planes, m_tiles, windowed);
     let block = cube.range.clone();
     let (head, heads, q0, first_row) = (cube.head, cube.heads, cube.row0, cube.first_row);
 
@@ -181,8 +182,8 @@ pub fn flash_attention_varlen_mma_kernel<F: Float, I: Numeric, N: Size>(
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn copy_key_tile_async<F: Float, N: Size>(
-    k: &Tensor<Vector<F, N>>,
-    v: &Tensor<Vector<F, N>>,
+    k: &Array<Vector<F, N>>,
+    v: &Array<Vector<F, N>>,
     k_tiles: &mut SharedMemory<Vector<F, N>>,
     v_tiles: &mut SharedMemory<Vector<F, N>>,
     half: usize,

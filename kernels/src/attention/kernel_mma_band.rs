@@ -28,6 +28,7 @@ use super::mma_tiles::{
     staged_operands, staged_tile, tile_offset, zero_accumulators,
 };
 use super::staging::copy_rows_async;
+use super::tiling::heads;
 
 /// The forward for `blocks` consecutive blocks of `16 · planes` queries per cube at
 /// ±`window`, walking each plane's band in steps of `chunk` keys: a multiple of 16 that
@@ -36,12 +37,12 @@ use super::staging::copy_rows_async;
 #[cube(launch, fast_math = FastMath::ReducedPrecision | FastMath::NotNaN | FastMath::NotInf)]
 #[allow(clippy::too_many_arguments)]
 pub fn flash_attention_varlen_band_kernel<F: Float, I: Numeric, N: Size>(
-    q: &Tensor<Vector<F, N>>,       // [total, heads, head_dim], contiguous
-    k: &Tensor<Vector<F, N>>,       // [total, heads, head_dim], contiguous
-    v: &Tensor<Vector<F, N>>,       // [total, heads, head_dim], contiguous
-    cu_seqlens: &Tensor<I>,         // [batch + 1]
-    out: &mut Tensor<Vector<F, N>>, // [total, heads, head_dim]
-    lse: &mut Tensor<f32>,          // [total, heads], natural-log sum of exp(scores)
+    q: &Array<Vector<F, N>>,       // [total, heads, head_dim], contiguous
+    k: &Array<Vector<F, N>>,       // [total, heads, head_dim], contiguous
+    v: &Array<Vector<F, N>>,       // [total, heads, head_dim], contiguous
+    cu_seqlens: &Array<I>,         // [batch + 1]
+    out: &mut Array<Vector<F, N>>, // [total, heads, head_dim]
+    lse: &mut Array<f32>,          // [total, heads], natural-log sum of exp(scores)
     scale: f32,
     blocks: u32,
     #[comptime] window: usize,
@@ -55,7 +56,7 @@ pub fn flash_attention_varlen_band_kernel<F: Float, I: Numeric, N: Size>(
     let chunks = comptime!(band_chunks(window, chunk));
     let span = comptime!(span_rows(window, planes));
     let ring = comptime!(ring_rows(window, planes, chunk));
-    let heads = q.shape(1);
+    let heads = heads();
     let blocks = blocks as usize;
     let first_block = CUBE_POS_X as usize * blocks;
     let first = mma_cube_at(cu_seqlens, heads, window, first_block, planes, 1usize, true);

@@ -67,7 +67,7 @@ pub struct MmaCube {
 /// This unit's [`MmaCube`].
 #[cube]
 pub fn mma_cube<I: Numeric>(
-    cu_seqlens: &Tensor<I>,
+    cu_seqlens: &Array<I>,
     heads: usize,
     window: usize,
     #[comptime] planes: usize,
@@ -82,7 +82,7 @@ pub fn mma_cube<I: Numeric>(
 /// (rows `block · block_m ..`).
 #[cube]
 pub fn mma_cube_at<I: Numeric>(
-    cu_seqlens: &Tensor<I>,
+    cu_seqlens: &Array<I>,
     heads: usize,
     window: usize,
     block: usize,
@@ -143,7 +143,7 @@ pub fn tile_vectors<N: Size>(
 /// into `tile`, every unit of the cube together, and waits for all of them.
 #[cube]
 pub fn stage_and_wait<F: Float, N: Size>(
-    src: &Tensor<Vector<F, N>>,
+    src: &Array<Vector<F, N>>,
     tile: &mut SharedMemory<Vector<F, N>>,
     cube: &MmaCube,
     first: usize,
@@ -173,7 +173,7 @@ pub fn stage_and_wait<F: Float, N: Size>(
 /// this returns.
 #[cube]
 pub fn own_operands<F: Float, N: Size>(
-    src: &Tensor<Vector<F, N>>,
+    src: &Array<Vector<F, N>>,
     tile: &mut SharedMemory<Vector<F, N>>,
     cube: &MmaCube,
     #[comptime] head_dim: usize,
@@ -512,7 +512,7 @@ pub fn write_rows<F: Float, N: Size, E: Float>(
     acc: &Sequence<Array<AccPair>>,
     row_scale: &Array<f32>,
     scratch: &mut SharedMemory<E>,
-    out: &mut Tensor<Vector<F, N>>,
+    out: &mut Array<Vector<F, N>>,
     cube: &MmaCube,
     #[comptime] head_dim: usize,
     #[comptime] m_tiles: usize,
@@ -534,7 +534,7 @@ pub fn write_row_columns<F: Float, N: Size, E: Float>(
     acc: &Sequence<Array<AccPair>>,
     row_scale: &Array<f32>,
     scratch: &mut SharedMemory<E>,
-    out: &mut Tensor<Vector<F, N>>,
+    out: &mut Array<Vector<F, N>>,
     cube: &MmaCube,
     #[comptime] first_column: usize,
     #[comptime] columns: usize,
@@ -599,7 +599,7 @@ pub fn write_row_columns<F: Float, N: Size, E: Float>(
 pub fn write_scaled_pairs<F: Float>(
     acc: &Sequence<Array<AccPair>>,
     scale: f32,
-    out: &mut Tensor<Pair<F>>,
+    out: &mut Array<Pair<F>>,
     cube: &MmaCube,
     #[comptime] head_dim: usize,
 ) {

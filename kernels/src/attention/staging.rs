@@ -17,7 +17,7 @@ use super::kernel_cmma::PAD;
 #[cube]
 #[allow(clippy::too_many_arguments)]
 pub fn stage_rows<F: Float, N: Size>(
-    src: &Tensor<Vector<F, N>>,
+    src: &Array<Vector<F, N>>,
     tile: &mut SharedMemory<Vector<F, N>>,
     start: usize,
     first: usize,
@@ -49,7 +49,7 @@ pub fn stage_rows<F: Float, N: Size>(
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn load_rows<F: Float, N: Size>(
-    src: &Tensor<Vector<F, N>>,
+    src: &Array<Vector<F, N>>,
     start: usize,
     first: usize,
     end: usize,
@@ -127,8 +127,8 @@ fn store_rows<F: Float, N: Size>(
 #[cube]
 #[allow(clippy::too_many_arguments)]
 pub fn stage_rows_f32_pair<F: Float>(
-    a: &Tensor<F>,
-    b: &Tensor<F>,
+    a: &Array<F>,
+    b: &Array<F>,
     a_tile: &mut SharedMemory<f32>,
     b_tile: &mut SharedMemory<f32>,
     start: usize,
@@ -162,8 +162,8 @@ pub fn stage_rows_f32_pair<F: Float>(
 #[cube]
 #[allow(clippy::too_many_arguments)]
 pub fn stage_row_values_pair(
-    a: &Tensor<f32>,
-    b: &Tensor<f32>,
+    a: &Array<f32>,
+    b: &Array<f32>,
     a_tile: &mut SharedMemory<f32>,
     b_tile: &mut SharedMemory<f32>,
     start: usize,
@@ -186,8 +186,8 @@ pub fn stage_row_values_pair(
 #[cube]
 #[allow(clippy::too_many_arguments)]
 pub fn stage_shifted_row_values_pair(
-    a: &Tensor<f32>,
-    b: &Tensor<f32>,
+    a: &Array<f32>,
+    b: &Array<f32>,
     a_tile: &mut SharedMemory<f32>,
     b_tile: &mut SharedMemory<f32>,
     start: usize,
@@ -225,7 +225,7 @@ pub fn stage_shifted_row_values_pair(
 #[cube]
 #[allow(clippy::too_many_arguments)]
 pub fn copy_rows_async<F: Float, N: Size>(
-    src: &Tensor<Vector<F, N>>,
+    src: &Array<Vector<F, N>>,
     tile: &mut SharedMemory<Vector<F, N>>,
     tile_start: usize,
     start: usize,
@@ -253,7 +253,7 @@ pub fn copy_rows_async<F: Float, N: Size>(
 #[cube]
 #[allow(clippy::too_many_arguments)]
 pub fn copy_shifted_rows_async<F: Float, N: Size>(
-    src: &Tensor<Vector<F, N>>,
+    src: &Array<Vector<F, N>>,
     tile: &mut SharedMemory<Vector<F, N>>,
     tile_start: usize,
     start: usize,
@@ -305,8 +305,8 @@ pub fn copy_shifted_rows_async<F: Float, N: Size>(
 #[cube]
 #[allow(clippy::too_many_arguments)]
 pub fn copy_row_values_pair_async(
-    a: &Tensor<f32>,
-    b: &Tensor<f32>,
+    a: &Array<f32>,
+    b: &Array<f32>,
     a_tile: &mut SharedMemory<f32>,
     b_tile: &mut SharedMemory<f32>,
     tile_start: usize,
@@ -335,7 +335,7 @@ pub fn copy_row_values_pair_async(
 /// stores zero there when the value lies outside the range.
 #[cube]
 fn copy_value_async(
-    src: &Tensor<f32>,
+    src: &Array<f32>,
     index: usize,
     tile: &mut SharedMemory<f32>,
     at: usize,

@@ -29,7 +29,7 @@ pub struct QueryBlock {
 /// the whole sequence, a window of ±`window` sees `[q0 − window, q_last + window]`.
 #[cube]
 pub fn query_block<I: Numeric>(
-    cu_seqlens: &Tensor<I>,
+    cu_seqlens: &Array<I>,
     sequence: usize,
     q0: usize,
     block_m: usize,
@@ -149,10 +149,18 @@ pub struct UnitRow {
     pub position: usize,
 }
 
+/// Attention heads of the launch: every attention kernel's grid is `(query blocks, heads,
+/// sequences)`. Taken from the grid so that the kernels can take q, k, v as `Array`s: a
+/// `Tensor` argument makes CubeCL upload its shape and strides before every launch.
+#[cube]
+pub fn heads() -> usize {
+    CUBE_COUNT_Y as usize
+}
+
 /// The cube's rows and this unit's row, for a 1-D cube of `CUBE_DIM_X` units.
 #[cube]
 pub fn unit_row<I: Numeric>(
-    cu_seqlens: &Tensor<I>,
+    cu_seqlens: &Array<I>,
     window: usize,
     #[comptime] windowed: bool,
 ) -> UnitRow {
