@@ -4,7 +4,7 @@ global S=512 (B=64) and S=8192 (B=4), and sliding window ±64 at both. Throughpu
 only unmasked query-key pairs: 4 * head_dim FLOPs per pair forward, 14 * head_dim forward +
 backward (`--backward`, which also reports the peak memory torch allocated in that pass).
 
-    python3 scripts/bench_attention_torch.py [--iters 20] [--backward]
+    python3 scripts/bench_attention_torch.py [--iters 100] [--backward]
 """
 
 import argparse
@@ -41,7 +41,7 @@ def timed(fn, iters):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--iters", type=int, default=100, help="timed passes per shape, as attention-bench")
     parser.add_argument("--backward", action="store_true", help="time forward + backward")
     args = parser.parse_args()
     flex = torch.compile(flex_attention)

@@ -82,10 +82,10 @@ attention_benchmarks() {
   "$BIN/attention-bench" --backend cuda --dtype bf16 2>&1 | tee -a "$OUT/bench_attention.md" | tee -a "$OUT/summary.txt"
   python3 scripts/bench_attention_torch.py 2>&1 | tee -a "$OUT/bench_attention.md" | tee -a "$OUT/summary.txt"
   echo "=== attention forward+backward benchmark (ours, then PyTorch)" | tee -a "$OUT/summary.txt"
-  timeout 240 "$BIN/attention-bench" --backend cuda --dtype bf16 --backward --iters 10 2>&1 | tee -a "$OUT/bench_attention_backward.md" | tee -a "$OUT/summary.txt"
+  timeout 240 "$BIN/attention-bench" --backend cuda --dtype bf16 --backward --iters 50 2>&1 | tee -a "$OUT/bench_attention_backward.md" | tee -a "$OUT/summary.txt"
   echo "=== the same, deterministic (MODERNBERT_DETERMINISTIC=1)" | tee -a "$OUT/summary.txt"
-  MODERNBERT_DETERMINISTIC=1 timeout 240 "$BIN/attention-bench" --backend cuda --dtype bf16 --backward --iters 10 2>&1 | tee -a "$OUT/bench_attention_backward.md" | tee -a "$OUT/summary.txt"
-  python3 scripts/bench_attention_torch.py --backward --iters 10 2>&1 | tee -a "$OUT/bench_attention_backward.md" | tee -a "$OUT/summary.txt"
+  MODERNBERT_DETERMINISTIC=1 timeout 240 "$BIN/attention-bench" --backend cuda --dtype bf16 --backward --iters 50 2>&1 | tee -a "$OUT/bench_attention_backward.md" | tee -a "$OUT/summary.txt"
+  python3 scripts/bench_attention_torch.py --backward --iters 50 2>&1 | tee -a "$OUT/bench_attention_backward.md" | tee -a "$OUT/summary.txt"
 }
 if [ "$PART" = attention ]; then
   step cuda_attention_kernel "$BIN/attention_kernel" --nocapture --test-threads 1 cuda

@@ -40,8 +40,11 @@ struct Args {
     /// Float type of q, k, v (the backend's float type).
     #[arg(long, value_enum, default_value_t = Dtype::Bf16)]
     dtype: Dtype,
-    /// Timed iterations per shape (after 3 warm-up runs).
-    #[arg(long, default_value_t = 20)]
+    /// Timed iterations per shape (after 3 warm-up runs). The timed loop has a fixed cost
+    /// (it starts on an idle GPU and ends with a sync), 0.2–0.4 ms on Cuda, which the mean
+    /// spreads over the passes: at 100 it adds 2–4 µs to a 0.1 ms forward (BENCHMARKS.md,
+    /// session 17).
+    #[arg(long, default_value_t = 100)]
     iters: usize,
     /// Time forward + backward (under Autodiff) instead of the forward alone.
     #[arg(long)]
