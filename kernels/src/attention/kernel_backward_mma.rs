@@ -40,7 +40,6 @@ use super::mma_tiles::{
     write_rows, zero_accumulators, AccPair, MmaCube, Pair, MMA_N, QUAD,
 };
 use super::staging::{copy_row_values_pair_async, copy_rows_async, stage_rows};
-use super::tiling::heads;
 
 /// `dQ` for a block of `16 · planes` queries per cube, key tiles of `block_n`.
 #[cube(launch, fast_math = FastMath::ReducedPrecision | FastMath::NotNaN | FastMath::NotInf)]
@@ -63,7 +62,7 @@ pub fn flash_attention_varlen_dq_mma_kernel<F: Float, I: Numeric, N: Size>(
     #[define(F, I)] _dtypes: [StorageType; 2],
 ) {
     let window = window as usize;
-    let cube = mma_cube(cu_seqlens, heads(), window, planes, 1usize, windowed);
+    let cube = mma_cube(cu_seqlens, window, planes, 1usize, windowed);
     let block = cube.range.clone();
     let (head, heads, q0) = (cube.head, cube.heads, cube.row0);
 
@@ -153,7 +152,7 @@ pub fn flash_attention_varlen_dkv_mma_kernel<F: Float, I: Numeric, N: Size, A: S
 ) {
     let window = window as usize;
     // The cube's own rows are keys; its range is the queries that see them.
-    let cube = mma_cube(cu_seqlens, heads(), window, planes, 1usize, windowed);
+    let cube = mma_cube(cu_seqlens, window, planes, 1usize, windowed);
     let range = cube.range.clone();
     let k0 = cube.row0;
 

@@ -32,7 +32,6 @@ use super::mma_tiles::{
     zero_accumulators, MmaCube, Pair,
 };
 use super::staging::{copy_shifted_rows_async, stage_shifted_row_values_pair};
-use super::tiling::heads;
 
 /// Keys per chunk of the dQ kernel: three 16-key blocks (a band of 144 at ±64 is three).
 const DQ_CHUNK: usize = 48;
@@ -58,7 +57,7 @@ pub fn flash_attention_varlen_dq_band_kernel<F: Float, I: Numeric, N: Size>(
     let block_m = comptime!(TILE * planes);
     let span = comptime!(span_rows(window, planes));
     let chunks = comptime!(band_chunks(window, DQ_CHUNK));
-    let cube = mma_cube(cu_seqlens, heads(), window, planes, 1usize, true);
+    let cube = mma_cube(cu_seqlens, window, planes, 1usize, true);
 
     // No output scratch: dQ leaves straight from the registers, which keeps this kernel's
     // shared memory (the two spans) small enough for four cubes per SM at head_dim 64.
@@ -196,7 +195,7 @@ pub fn flash_attention_varlen_dkv_band_kernel<F: Float, I: Numeric, N: Size>(
     let span = comptime!(span_rows(window, planes));
     let chunks = comptime!(band_chunks(window, DKV_CHUNK));
     // The cube's own rows are keys; its range is the queries that see them.
-    let cube = mma_cube(cu_seqlens, heads(), window, planes, 1usize, true);
+    let cube = mma_cube(cu_seqlens, window, planes, 1usize, true);
     let range = cube.range.clone();
 
     let mut own_tile = staged_tile::<F, N>(block_m, head_dim);

@@ -42,7 +42,6 @@ use super::mma_tiles::{
     staged_tile, tile_vectors, zero_accumulators, MmaCube,
 };
 use super::staging::copy_rows_async;
-use super::tiling::heads;
 
 #[cube(launch, fast_math = FastMath::ReducedPrecision | FastMath::NotNaN | FastMath::NotInf)]
 #[allow(clippy::too_many_arguments)]
@@ -66,7 +65,7 @@ pub fn flash_attention_varlen_mma_kernel<F: Float, I: Numeric, N: Size>(
     let block_m = comptime!(TILE * m_tiles * planes);
     let tile_vectors = tile_vectors::<N>(block_n, head_dim);
     let window = window as usize;
-    let cube = mma_cube(cu_seqlens, heads(), window, planes, m_tiles, windowed);
+    let cube = mma_cube(cu_seqlens, window, planes, m_tiles, windowed);
     let block = cube.range.clone();
     let (head, heads, q0, first_row) = (cube.head, cube.heads, cube.row0, cube.first_row);
 

@@ -28,7 +28,6 @@ use super::mma_tiles::{
     staged_operands, staged_tile, tile_offset, zero_accumulators,
 };
 use super::staging::copy_rows_async;
-use super::tiling::heads;
 
 /// The forward for `blocks` consecutive blocks of `16 · planes` queries per cube at
 /// ±`window`, walking each plane's band in steps of `chunk` keys: a multiple of 16 that
@@ -56,10 +55,9 @@ pub fn flash_attention_varlen_band_kernel<F: Float, I: Numeric, N: Size>(
     let chunks = comptime!(band_chunks(window, chunk));
     let span = comptime!(span_rows(window, planes));
     let ring = comptime!(ring_rows(window, planes, chunk));
-    let heads = heads();
     let blocks = blocks as usize;
     let first_block = CUBE_POS_X as usize * blocks;
-    let first = mma_cube_at(cu_seqlens, heads, window, first_block, planes, 1usize, true);
+    let first = mma_cube_at(cu_seqlens, window, first_block, planes, 1usize, true);
 
     let mut q_tile = staged_tile::<F, N>(block_m, head_dim);
     let mut k_ring = staged_tile::<F, N>(ring, head_dim);
@@ -79,7 +77,7 @@ pub fn flash_attention_varlen_band_kernel<F: Float, I: Numeric, N: Size>(
             first.row0,
             range.len,
             first.head,
-            heads,
+            first.heads,
             first.unit,
             block_m,
             head_dim,
@@ -107,15 +105,7 @@ pub fn flash_attention_varlen_band_kernel<F: Float, I: Numeric, N: Size>(
         let mut ring_start = 0usize;
         let mut b = 0usize;
         loop {
-            let cube = mma_cube_at(
-                cu_seqlens,
-                heads,
-                window,
-                first_block + b,
-                planes,
-                1usize,
-                true,
-            );
+            let cube = mma_cube_at(cu_seqlens, window, first_block + b, planes, 1usize, true);
             // Whether the cube's next block has queries (uniform over the cube).
             let next = b + 1 < blocks && cube.row0 + block_m < range.len;
             let q_ops = staged_operands(&q_tile, &cube, head_dim, 1usize);
@@ -159,7 +149,7 @@ pub fn flash_attention_varlen_band_kernel<F: Float, I: Numeric, N: Size>(
                         cube.row0 + block_m,
                         range.len,
                         cube.head,
-                        heads,
+                        cube.heads,
                         cube.unit,
                         block_m,
                         head_dim,

@@ -27,7 +27,7 @@ use cubecl::prelude::*;
 
 use super::kernel_cmma::{PAD, PAD_F32, SMEM_ALIGN, TILE};
 use super::staging::stage_rows;
-use super::tiling::{key_visible, query_block, tile_unmasked, QueryBlock, NEG_BIG};
+use super::tiling::{heads, key_visible, query_block, tile_unmasked, QueryBlock, NEG_BIG};
 
 /// Columns of one accumulator (m16n8k16: 16 rows × 8 columns).
 pub const MMA_N: usize = 8;
@@ -68,14 +68,13 @@ pub struct MmaCube {
 #[cube]
 pub fn mma_cube<I: Numeric>(
     cu_seqlens: &Array<I>,
-    heads: usize,
     window: usize,
     #[comptime] planes: usize,
     #[comptime] m_tiles: usize,
     #[comptime] windowed: bool,
 ) -> MmaCube {
     let block = CUBE_POS_X as usize;
-    mma_cube_at(cu_seqlens, heads, window, block, planes, m_tiles, windowed)
+    mma_cube_at(cu_seqlens, window, block, planes, m_tiles, windowed)
 }
 
 /// This unit's [`MmaCube`] for block `block` of its sequence, for cubes that walk several
@@ -83,7 +82,6 @@ pub fn mma_cube<I: Numeric>(
 #[cube]
 pub fn mma_cube_at<I: Numeric>(
     cu_seqlens: &Array<I>,
-    heads: usize,
     window: usize,
     block: usize,
     #[comptime] planes: usize,
@@ -110,7 +108,7 @@ pub fn mma_cube_at<I: Numeric>(
     MmaCube {
         range,
         head,
-        heads,
+        heads: heads(),
         row0,
         unit,
         first_row,
