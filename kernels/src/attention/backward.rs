@@ -65,13 +65,13 @@ fn mma_shared_bytes(head_dim: usize) -> usize {
 /// (`kernel_backward_mma_band.rs`), in the 2-byte input dtype unless said, each array padded
 /// to the alignment:
 /// - dK/dV: its own-row tile, the Q and dO spans, the output scratch, lse and D (f32 per
-///   span row) and the barrier;
+///   span row) and the two barriers of its span;
 /// - dQ: the K span, the span of the banded dS (`16 · planes` columns wide, whatever
-///   `head_dim`) and the barrier (it writes dQ from its registers, with no scratch).
+///   `head_dim`) and the two barriers (it writes dQ from its registers, with no scratch).
 fn band_shared_bytes(band: BandShape, head_dim: usize) -> usize {
     let (block_m, span) = (band.block_m(), band.span_rows());
-    let dkv = BandShape::tile_bytes(head_dim, 2 * block_m + 2 * span, 7) + 2 * span * 4;
-    let dq = BandShape::tile_bytes(head_dim, span, 3) + span * (block_m + PAD) * 2;
+    let dkv = BandShape::tile_bytes(head_dim, 2 * block_m + 2 * span, 8) + 2 * span * 4;
+    let dq = BandShape::tile_bytes(head_dim, span, 4) + span * (block_m + PAD) * 2;
     dkv.max(dq)
 }
 

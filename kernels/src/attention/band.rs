@@ -18,13 +18,14 @@
 //! at compile time. Planes at a sequence's start or end also mask the columns and rows
 //! outside it (a branch uniform over the plane, around the mask code only).
 //!
-//! The span is staged with `cp.async` in as many stages as there are chunks: stage `c` holds
-//! the span rows that chunk `c` of some plane needs and no earlier chunk did, so that it can
-//! be in flight while the planes compute chunk `c − 1`. Span row `i` holds position
-//! `row0 − window + i`; rows before the sequence are staged as zeros
-//! ([`copy_shifted_rows_async`]). The forward's cubes walk consecutive blocks, whose spans
-//! overlap by `2 · window` rows: they stage them into a ring ([`ring_rows`],
-//! [`copy_span_rows_async`]), the next block's first rows during the last chunk.
+//! The span is staged with `cp.async`. Span row `i` holds position `row0 − window + i`; rows
+//! before the sequence are staged as zeros ([`copy_shifted_rows_async`]). The forward's cubes
+//! walk consecutive blocks, whose spans overlap by `2 · window` rows: they stage them into a
+//! ring ([`ring_rows`], [`copy_span_rows_async`]) in as many stages as there are chunks, stage
+//! `c` the span rows that chunk `c` of some plane needs and no earlier chunk did
+//! ([`stage_end`]), in flight while the planes compute chunk `c − 1`; the next block's first
+//! rows during the last chunk. The backward's cubes take one block each and copy their whole
+//! span at once (`kernel_backward_mma_band.rs`).
 
 use cubecl::prelude::*;
 
@@ -59,16 +60,6 @@ pub fn stage_end(c: usize, window: usize, planes: usize, chunk: usize) -> usize 
     TILE * (planes - 1) + band_columns(window).min(chunk * (c + 1))
 }
 
-/// The first span row of stage `stage`: the rows that chunk `stage` of some plane reads and
-/// no earlier chunk did start where the previous stage ended.
-pub fn stage_start(stage: usize, window: usize, planes: usize, chunk: usize) -> usize {
-    if stage == 0 {
-        0
-    } else {
-        stage_end(stage - 1, window, planes, chunk)
-    }
-}
-
 /// Rows of the ring into which a cube that walks consecutive blocks stages their spans
 /// (`kernel_mma_band.rs`). During the last chunk of a block it stages the rows of the next
 /// block's first stage that this span lacks (span rows `span .. block_m + stage_end(0)`);
@@ -78,30 +69,6 @@ pub fn ring_rows(window: usize, planes: usize, chunk: usize) -> usize {
     let last_start = chunk * (band_chunks(window, chunk) - 1);
     let next_end = TILE * planes + stage_end(0, window, planes, chunk);
     span_rows(window, planes).max(next_end.saturating_sub(last_start))
-}
-
-/// Issues the asynchronous copies of stage `stage` of the cube's span of two tensors (K and
-/// V, or Q and dO) into `a_span` and `b_span`: the span rows that chunk `stage` of some plane
-/// reads and no earlier chunk did ([`copy_span_rows_async`] into plain tiles).
-#[cube]
-#[allow(clippy::too_many_arguments)]
-pub fn copy_span_stage_async<F: Float, N: Size>(
-    a: &Array<Vector<F, N>>,
-    b: &Array<Vector<F, N>>,
-    a_span: &mut SharedMemory<Vector<F, N>>,
-    b_span: &mut SharedMemory<Vector<F, N>>,
-    cube: &MmaCube,
-    #[comptime] stage: usize,
-    #[comptime] window: usize,
-    #[comptime] head_dim: usize,
-    #[comptime] planes: usize,
-    #[comptime] chunk: usize,
-) {
-    let begin = comptime!(stage_start(stage, window, planes, chunk));
-    let end = comptime!(stage_end(stage, window, planes, chunk));
-    copy_span_rows_async(
-        a, b, a_span, b_span, cube, 0usize, begin, end, 0usize, window, head_dim, planes,
-    );
 }
 
 /// Issues the asynchronous copies of span rows `begin .. end` of the cube's block (rows past

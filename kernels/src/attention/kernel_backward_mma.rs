@@ -35,9 +35,9 @@ use cubecl::prelude::*;
 
 use super::kernel_cmma::{PAD, SMEM_ALIGN, TILE};
 use super::mma_tiles::{
-    accumulate_block_products, accumulate_products, mask_scores, mma_cube, output_scratch,
-    own_operands, scores, scratch_stride, stage_and_wait, staged_tile, tile_operand, tile_vectors,
-    write_rows, zero_accumulators, AccPair, MmaCube, Pair, MMA_N, QUAD,
+    accumulate_block_products, accumulate_products, load_own_rows, mask_scores, mma_cube,
+    output_scratch, own_operand_pair, scores, scratch_stride, stage_and_wait, staged_tile,
+    tile_operand, tile_vectors, write_rows, zero_accumulators, AccPair, MmaCube, Pair, MMA_N, QUAD,
 };
 use super::staging::{copy_row_values_pair_async, copy_rows_async, stage_rows};
 
@@ -72,8 +72,10 @@ pub fn flash_attention_varlen_dq_mma_kernel<F: Float, I: Numeric, N: Size>(
     let mut scratch = output_scratch::<F>(comptime!(TILE * planes), head_dim);
 
     // The plane's Q and dO rows as A operands.
-    let q_ops = own_operands(q, &mut own_tile, &cube, head_dim, planes, 1usize);
-    let do_ops = own_operands(d_out, &mut own_tile, &cube, head_dim, planes, 1usize);
+    let held_q = load_own_rows(q, &cube, head_dim, planes);
+    let held_do = load_own_rows(d_out, &cube, head_dim, planes);
+    let (q_ops, do_ops) =
+        own_operand_pair(&held_q, &held_do, &mut own_tile, &cube, head_dim, planes);
 
     let row_lse = lane_row_values(lse, &cube);
     let row_delta = lane_row_values(delta, &cube);
@@ -202,8 +204,9 @@ pub fn flash_attention_varlen_dkv_mma_kernel<F: Float, I: Numeric, N: Size, A: S
     }
 
     // The plane's K and V rows as A operands; K stays staged in `own_tile` (for `fused_dq`).
-    let v_ops = own_operands(v, &mut own_tile, &cube, head_dim, planes, 1usize);
-    let k_ops = own_operands(k, &mut own_tile, &cube, head_dim, planes, 1usize);
+    let held_v = load_own_rows(v, &cube, head_dim, planes);
+    let held_k = load_own_rows(k, &cube, head_dim, planes);
+    let (v_ops, k_ops) = own_operand_pair(&held_v, &held_k, &mut own_tile, &cube, head_dim, planes);
 
     let mut dk_acc = zero_accumulators(head_dim);
     let mut dv_acc = zero_accumulators(head_dim);
@@ -447,6 +450,7 @@ fn copy_query_tile_async<F: Float, N: Size>(
         heads,
         unit,
         block_n,
+        units,
     );
 }
 

@@ -20,24 +20,40 @@ use cubecl::prelude::barrier::Barrier;
 use cubecl::prelude::*;
 
 use super::band::{
-    band_chunks, chunk_columns, copy_span_stage_async, mask_band_chunk, span_rows, stage_end,
-    stage_start,
+    band_chunks, chunk_columns, copy_span_rows_async, mask_band_chunk, span_rows, stage_end,
 };
 use super::band_scores::{band_score_operand, copy_band_scores_async, write_band_scores};
 use super::kernel_backward_mma::{transposed_score_gradients, write_scaled_rows};
 use super::kernel_cmma::{SMEM_ALIGN, TILE};
 use super::mma_tiles::{
-    accumulate_block_products, accumulate_products, mma_cube, output_scratch, own_operands,
-    ring_block_start, scores, staged_tile, tile_offset, tile_vectors, write_scaled_pairs,
-    zero_accumulators, MmaCube, Pair,
+    accumulate_block_products, accumulate_products, load_own_rows, mma_cube, output_scratch,
+    own_operand_pair, ring_block_start, scores, staged_tile, tile_offset, tile_vectors,
+    write_scaled_pairs, zero_accumulators, MmaCube, Pair,
 };
-use super::staging::{copy_shifted_rows_async, stage_shifted_row_values_pair};
+use super::staging::{copy_shifted_row_values_pair_async, copy_shifted_rows_async};
 
 /// Keys per chunk of the dQ kernel: three 16-key blocks (a band of 144 at ±64 is three).
 const DQ_CHUNK: usize = 48;
-/// Queries per chunk of the dK/dV kernel, which holds four `16 × head_dim` accumulators and
-/// so takes smaller chunks (as its tiled form takes smaller tiles, `backward.rs`).
-const DKV_CHUNK: usize = 32;
+/// Queries per chunk of the dK/dV kernel, one 16-query block. It holds four `16 × head_dim`
+/// accumulators, and with its whole span in flight at once no chunk waits for copies, so the
+/// compiler overlaps the chunks: at 32 queries that took 192 registers (two cubes per SM at
+/// head_dim 64), at 16 it takes 168 (three), and 194 µs where 32 took 211 µs (±64, B=64
+/// S=512, BENCHMARKS.md, session 18).
+const DKV_CHUNK: usize = 16;
+
+/// The two barriers through which the band backward's cubes wait for their span: the whole
+/// span is copied at once, the rows that chunk 0 of some plane reads completing `first`, the
+/// rest `rest`, so that the chunks wait for one round trip to global memory, not one per
+/// chunk. Each completes its one phase when every unit has arrived and the copies it
+/// committed (all its earlier ones: `cp.async`'s arrive counts every copy the unit issued
+/// before it) have landed.
+#[cube]
+fn span_barriers() -> (Shared<Barrier>, Shared<Barrier>) {
+    (
+        Barrier::shared(CUBE_DIM, UNIT_POS == 0),
+        Barrier::shared(CUBE_DIM, UNIT_POS == 0),
+    )
+}
 
 /// `dQ` for a block of `16 · planes` queries per cube at ±`window` (a multiple of 16), from
 /// the banded dS that [`flash_attention_varlen_dkv_band_kernel`] wrote.
@@ -63,41 +79,45 @@ pub fn flash_attention_varlen_dq_band_kernel<F: Float, I: Numeric, N: Size>(
     // shared memory (the two spans) small enough for four cubes per SM at head_dim 64.
     let mut k_span = staged_tile::<F, N>(span, head_dim);
     let mut ds_span = staged_tile::<F, N>(span, block_m);
-    // Completes a phase when every unit has arrived and the copies they committed have landed.
-    let copies = Barrier::shared(CUBE_DIM, UNIT_POS == 0);
+    let (first, rest) = span_barriers();
 
     // A block past the sequence end sees no keys (uniform over the cube) and writes nothing.
     if cube.range.k_lo < cube.range.k_hi {
-        copy_dq_stage_async(
+        // The whole span is in flight at once (see `span_barriers`).
+        let first_end = comptime!(stage_end(0, window, planes, DQ_CHUNK));
+        copy_dq_rows_async(
             k,
             ds,
             &mut k_span,
             &mut ds_span,
             &cube,
             0usize,
+            first_end,
             window,
             head_dim,
             planes,
         );
-        copies.commit_copy_async();
-        copies.arrive_and_wait();
+        first.commit_copy_async();
+        copy_dq_rows_async(
+            k,
+            ds,
+            &mut k_span,
+            &mut ds_span,
+            &cube,
+            first_end,
+            span,
+            window,
+            head_dim,
+            planes,
+        );
+        rest.commit_copy_async();
+        first.arrive_and_wait();
 
         let mut dq_acc = zero_accumulators(head_dim);
         #[unroll]
         for c in 0..chunks {
-            if comptime!(c + 1 < chunks) {
-                copy_dq_stage_async(
-                    k,
-                    ds,
-                    &mut k_span,
-                    &mut ds_span,
-                    &cube,
-                    comptime!(c + 1),
-                    window,
-                    head_dim,
-                    planes,
-                );
-                copies.commit_copy_async();
+            if comptime!(c == 1) {
+                rest.arrive_and_wait();
             }
             let key_row = cube.first_row + comptime!(c * DQ_CHUNK);
             let chunk_start = tile_offset::<N>(key_row, 0usize, head_dim);
@@ -123,33 +143,28 @@ pub fn flash_attention_varlen_dq_band_kernel<F: Float, I: Numeric, N: Size>(
                     1usize,
                 );
             }
-            if comptime!(c + 1 < chunks) {
-                // The next stage has landed (every unit committed its copies before).
-                copies.arrive_and_wait();
-            }
         }
 
         write_scaled_pairs(&dq_acc, scale, dq, &cube, head_dim);
     }
 }
 
-/// Issues the asynchronous copies of stage `stage` of the dQ kernel's span of K and of the
-/// banded dS: the span rows that chunk `stage` of some plane reads and no earlier chunk did.
+/// Issues the asynchronous copies of rows `begin .. end` of the dQ kernel's span of K and of
+/// the banded dS.
 #[cube]
 #[allow(clippy::too_many_arguments)]
-fn copy_dq_stage_async<F: Float, N: Size>(
+fn copy_dq_rows_async<F: Float, N: Size>(
     k: &Array<Vector<F, N>>,
     ds: &Array<Vector<F, N>>,
     k_span: &mut SharedMemory<Vector<F, N>>,
     ds_span: &mut SharedMemory<Vector<F, N>>,
     cube: &MmaCube,
-    #[comptime] stage: usize,
+    #[comptime] begin: usize,
+    #[comptime] end: usize,
     #[comptime] window: usize,
     #[comptime] head_dim: usize,
     #[comptime] planes: usize,
 ) {
-    let begin = comptime!(stage_start(stage, window, planes, DQ_CHUNK));
-    let end = comptime!(stage_end(stage, window, planes, DQ_CHUNK));
     // Span row i is key row0 − window + i: counted from `window` before it, row0 + i.
     copy_shifted_rows_async(
         k,
@@ -204,65 +219,73 @@ pub fn flash_attention_varlen_dkv_band_kernel<F: Float, I: Numeric, N: Size>(
     let mut lse_span = SharedMemory::<f32>::new_aligned(span, SMEM_ALIGN);
     let mut delta_span = SharedMemory::<f32>::new_aligned(span, SMEM_ALIGN);
     let mut scratch = output_scratch::<F>(block_m, head_dim);
-    // Completes a phase when every unit has arrived and the copies they committed have landed.
-    let copies = Barrier::shared(CUBE_DIM, UNIT_POS == 0);
+    let (first, rest) = span_barriers();
 
     // A block past the sequence end is seen by no query (uniform over the cube).
     if range.k_lo < range.k_hi {
-        // The span's first stage flies while lse, D and the plane's K and V rows are staged.
-        copy_span_stage_async(
+        // The plane's K and V rows first, then the whole span (see `span_barriers`) with each
+        // query's lse and D (zeros outside the sequence, whose scores are masked), in flight
+        // while K and V are staged.
+        let held_v = load_own_rows(v, &cube, head_dim, planes);
+        let held_k = load_own_rows(k, &cube, head_dim, planes);
+        let first_end = comptime!(stage_end(0, window, planes, DKV_CHUNK));
+        copy_span_rows_async(
             q,
             d_out,
             &mut q_span,
             &mut do_span,
             &cube,
             0usize,
+            0usize,
+            first_end,
+            0usize,
             window,
             head_dim,
             planes,
-            DKV_CHUNK,
         );
-        copies.commit_copy_async();
-        // lse and D of the span's queries (zeros outside the sequence, whose scores are
-        // masked): plain loads, visible to every unit once the barrier completes below.
-        stage_shifted_row_values_pair(
+        copy_shifted_row_values_pair_async(
             lse,
             delta,
             &mut lse_span,
             &mut delta_span,
+            0usize,
             range.start,
             cube.row0,
             range.len,
             cube.head,
             cube.heads,
             cube.unit,
-            comptime!(32 * planes),
             window,
             span,
+            comptime!(32 * planes),
         );
-        let v_ops = own_operands(v, &mut own_tile, &cube, head_dim, planes, 1usize);
-        let k_ops = own_operands(k, &mut own_tile, &cube, head_dim, planes, 1usize);
-        copies.arrive_and_wait();
+        first.commit_copy_async();
+        copy_span_rows_async(
+            q,
+            d_out,
+            &mut q_span,
+            &mut do_span,
+            &cube,
+            0usize,
+            first_end,
+            span,
+            0usize,
+            window,
+            head_dim,
+            planes,
+        );
+        rest.commit_copy_async();
+        let (v_ops, k_ops) =
+            own_operand_pair(&held_v, &held_k, &mut own_tile, &cube, head_dim, planes);
+        first.arrive_and_wait();
 
         let mut dk_acc = zero_accumulators(head_dim);
         let mut dv_acc = zero_accumulators(head_dim);
         let row0 = cube.row0 + cube.first_row;
         #[unroll]
         for c in 0..chunks {
-            if comptime!(c + 1 < chunks) {
-                copy_span_stage_async(
-                    q,
-                    d_out,
-                    &mut q_span,
-                    &mut do_span,
-                    &cube,
-                    comptime!(c + 1),
-                    window,
-                    head_dim,
-                    planes,
-                    DKV_CHUNK,
-                );
-                copies.commit_copy_async();
+            if comptime!(c == 1) {
+                rest.arrive_and_wait();
             }
             let j0 = comptime!(c * DKV_CHUNK);
             let cols = comptime!(chunk_columns(c, window, DKV_CHUNK));
@@ -300,10 +323,6 @@ pub fn flash_attention_varlen_dkv_band_kernel<F: Float, I: Numeric, N: Size>(
                 1usize,
             );
             write_band_scores(&ds_t, &mut scratch, ds, &cube, j0, cols, window, head_dim);
-            if comptime!(c + 1 < chunks) {
-                // The next stage has landed (every unit committed its copies before).
-                copies.arrive_and_wait();
-            }
         }
 
         write_scaled_rows(&dk_acc, scale, &mut scratch, dk, &cube, head_dim);

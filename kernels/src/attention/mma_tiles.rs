@@ -26,7 +26,7 @@ use cubecl::cmma::{MatrixIdent, MmaDefinition};
 use cubecl::prelude::*;
 
 use super::kernel_cmma::{PAD, PAD_F32, SMEM_ALIGN, TILE};
-use super::staging::stage_rows;
+use super::staging::{load_rows, stage_rows, store_rows};
 use super::tiling::{heads, key_visible, query_block, tile_unmasked, QueryBlock, NEG_BIG};
 
 /// Columns of one accumulator (m16n8k16: 16 rows × 8 columns).
@@ -38,6 +38,8 @@ pub const QUAD: usize = 4;
 pub type Pair<F> = Vector<F, Const<2>>;
 /// Two f32 values of one accumulator row.
 pub type AccPair = Vector<f32, Const<2>>;
+/// A plane's A operands of its own rows: one `16 × 16` operand per 16 columns (per m-tile).
+pub type Operands<F> = Sequence<Array<Pair<F>>>;
 
 /// Where a unit of an mma kernel works. All of them launch the grid
 /// `(ceil(max_seqlen / block_m), heads, batch)` with cubes of `planes` planes of 32 lanes,
@@ -166,35 +168,59 @@ pub fn stage_and_wait<F: Float, N: Size>(
     sync_cube();
 }
 
-/// The plane's own rows of `src` as A operands, one per 16 columns of `head_dim` for each
-/// m-tile, staged through `tile` (`16 · m_tiles · planes` rows), which is free again when
-/// this returns.
+/// This unit's share of the cube's `16 · planes` own rows of `src` (zeros past the sequence
+/// end), loaded into registers for [`own_operand_pair`]. Loading both tensors' rows before
+/// staging either makes the cube wait for one round trip to global memory, not two; loading
+/// them before issuing a span's copies puts them ahead of those in the memory pipeline.
 #[cube]
-pub fn own_operands<F: Float, N: Size>(
+pub fn load_own_rows<F: Float, N: Size>(
     src: &Array<Vector<F, N>>,
+    cube: &MmaCube,
+    #[comptime] head_dim: usize,
+    #[comptime] planes: usize,
+) -> Array<Vector<F, N>> {
+    let range = &cube.range;
+    load_rows(
+        src,
+        range.start,
+        cube.row0,
+        range.len,
+        cube.head,
+        cube.heads,
+        cube.unit,
+        comptime!(TILE * planes),
+        head_dim,
+        comptime!(32 * planes),
+    )
+}
+
+/// The plane's own rows of two tensors as A operands (one m-tile, one operand per 16 columns
+/// of `head_dim`), from the rows [`load_own_rows`] returned for each, staged in turn through
+/// `tile` (`16 · planes` rows), which holds `b`'s rows when this returns.
+#[cube]
+pub fn own_operand_pair<F: Float, N: Size>(
+    a: &Array<Vector<F, N>>,
+    b: &Array<Vector<F, N>>,
     tile: &mut SharedMemory<Vector<F, N>>,
     cube: &MmaCube,
     #[comptime] head_dim: usize,
     #[comptime] planes: usize,
-    #[comptime] m_tiles: usize,
-) -> Sequence<Array<Pair<F>>> {
-    stage_and_wait(
-        src,
-        tile,
-        cube,
-        cube.row0,
-        cube.range.len,
-        comptime!(TILE * m_tiles * planes),
-        head_dim,
-        planes,
-    );
-    let operands = staged_operands(tile, cube, head_dim, m_tiles);
+) -> (Operands<F>, Operands<F>) {
+    let rows = comptime!(TILE * planes);
+    let units = comptime!(32 * planes);
+    store_rows(a, tile, cube.unit, rows, head_dim, units);
     sync_cube();
-    operands
+    let a_ops = staged_operands(tile, cube, head_dim, 1usize);
+    sync_cube();
+    store_rows(b, tile, cube.unit, rows, head_dim, units);
+    sync_cube();
+    let b_ops = staged_operands(tile, cube, head_dim, 1usize);
+    sync_cube();
+    (a_ops, b_ops)
 }
 
 /// The plane's own rows of a staged tile of the cube's `16 · m_tiles · planes` own rows, as
-/// A operands ([`own_operands`]).
+/// A operands ([`own_operand_pair`]).
 #[cube]
 pub fn staged_operands<F: Float, N: Size>(
     tile: &SharedMemory<Vector<F, N>>,
@@ -467,7 +493,7 @@ pub fn tile_operand<F: Float>(
 ) -> Array<Pair<F>> {
     let def = MmaDefinition::<F, F, f32>::new(TILE, MMA_N, TILE);
     let lane = UNIT_POS_X as usize;
-    // Matrix j: rows +8 if j is odd, columns +8 if j ≥ 2 (as in [`own_operands`]).
+    // Matrix j: rows +8 if j is odd, columns +8 if j ≥ 2 (as in [`own_operand_pair`]).
     let matrix = lane / 8;
     let offset = tile_offset::<Const<1>>(
         row + (matrix % 2) * 8 + lane % 8,

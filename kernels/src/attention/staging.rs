@@ -48,7 +48,7 @@ pub fn stage_rows<F: Float, N: Size>(
 /// checked read of an f16/bf16 vector would select zero element by element.
 #[cube]
 #[allow(clippy::too_many_arguments)]
-fn load_rows<F: Float, N: Size>(
+pub fn load_rows<F: Float, N: Size>(
     src: &Array<Vector<F, N>>,
     start: usize,
     first: usize,
@@ -91,7 +91,7 @@ fn load_rows<F: Float, N: Size>(
 
 /// Writes what [`load_rows`] returned into `tile` (row stride `head_dim + PAD`).
 #[cube]
-fn store_rows<F: Float, N: Size>(
+pub fn store_rows<F: Float, N: Size>(
     held: &Array<Vector<F, N>>,
     tile: &mut SharedMemory<Vector<F, N>>,
     unit: usize,
@@ -300,8 +300,7 @@ pub fn copy_shifted_rows_async<F: Float, N: Size>(
 }
 
 /// As [`copy_rows_async`], for the per-row values `first .. first + rows` of one head of two
-/// `[total, heads]` f32 tensors (lse and D in the backward) into two tiles from `tile_start`:
-/// units `0 .. rows` copy `a`, units `rows .. 2 · rows` copy `b` (`units ≥ 2 · rows`).
+/// `[total, heads]` f32 tensors (lse and D in the backward) into two tiles from `tile_start`.
 #[cube]
 #[allow(clippy::too_many_arguments)]
 pub fn copy_row_values_pair_async(
@@ -317,16 +316,51 @@ pub fn copy_row_values_pair_async(
     heads: usize,
     unit: usize,
     #[comptime] rows: usize,
+    #[comptime] units: usize,
 ) {
-    if unit < comptime!(2 * rows) {
-        let row = unit % rows;
-        let position = first + row;
-        let index = (start + position) * heads + head;
-        let at = tile_start + row;
-        if unit < rows {
-            copy_value_async(a, index, a_tile, at, position < end);
-        } else {
-            copy_value_async(b, index, b_tile, at, position < end);
+    copy_shifted_row_values_pair_async(
+        a, b, a_tile, b_tile, tile_start, start, first, end, head, heads, unit, 0usize, rows, units,
+    );
+}
+
+/// As [`copy_row_values_pair_async`], with the rows counted from `shift` positions before the
+/// sequence start (as [`copy_shifted_rows_async`]): tile row `i` holds position `first + i −
+/// shift`, zero where that lies before the sequence or at and past `end`. The `units` units
+/// of the cube take the `2 · rows` values in turn, those of `a` first.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub fn copy_shifted_row_values_pair_async(
+    a: &Array<f32>,
+    b: &Array<f32>,
+    a_tile: &mut SharedMemory<f32>,
+    b_tile: &mut SharedMemory<f32>,
+    tile_start: usize,
+    start: usize,
+    first: usize,
+    end: usize,
+    head: usize,
+    heads: usize,
+    unit: usize,
+    #[comptime] shift: usize,
+    #[comptime] rows: usize,
+    #[comptime] units: usize,
+) {
+    let count = comptime!(2 * rows);
+    #[unroll]
+    for i in 0..comptime!(count.div_ceil(units)) {
+        let e = unit + i * units;
+        if comptime!(count % units == 0) || e < count {
+            let row = e % rows;
+            let shifted = first + row;
+            let in_range = shifted >= shift && shifted < end + shift;
+            // Wraps outside the range, where it is not read.
+            let index = (start + shifted - shift) * heads + head;
+            let at = tile_start + row;
+            if e < rows {
+                copy_value_async(a, index, a_tile, at, in_range);
+            } else {
+                copy_value_async(b, index, b_tile, at, in_range);
+            }
         }
     }
 }
