@@ -449,6 +449,7 @@ fn copy_query_tile_async<F: Float, N: Size>(
         head,
         heads,
         unit,
+        0usize,
         block_n,
         units,
     );

@@ -30,7 +30,7 @@ use super::mma_tiles::{
     own_operand_pair, ring_block_start, scores, staged_tile, tile_offset, tile_vectors,
     write_scaled_pairs, zero_accumulators, MmaCube, Pair,
 };
-use super::staging::{copy_shifted_row_values_pair_async, copy_shifted_rows_async};
+use super::staging::{copy_row_values_pair_async, copy_shifted_rows_async};
 
 /// Keys per chunk of the dQ kernel: three 16-key blocks (a band of 144 at ±64 is three).
 const DQ_CHUNK: usize = 48;
@@ -243,7 +243,7 @@ pub fn flash_attention_varlen_dkv_band_kernel<F: Float, I: Numeric, N: Size>(
             head_dim,
             planes,
         );
-        copy_shifted_row_values_pair_async(
+        copy_row_values_pair_async(
             lse,
             delta,
             &mut lse_span,

@@ -175,38 +175,13 @@ pub fn stage_row_values_pair(
     units: usize,
     #[comptime] rows: usize,
 ) {
-    stage_shifted_row_values_pair(
-        a, b, a_tile, b_tile, start, first, end, head, heads, unit, units, 0usize, rows,
-    );
-}
-
-/// As [`stage_row_values_pair`], with the rows counted from `shift` positions before the
-/// sequence start (as [`copy_shifted_rows_async`]): tile row `i` holds position
-/// `first + i − shift`, zeros where that lies before the sequence or at and past `end`.
-#[cube]
-#[allow(clippy::too_many_arguments)]
-pub fn stage_shifted_row_values_pair(
-    a: &Array<f32>,
-    b: &Array<f32>,
-    a_tile: &mut SharedMemory<f32>,
-    b_tile: &mut SharedMemory<f32>,
-    start: usize,
-    first: usize,
-    end: usize,
-    head: usize,
-    heads: usize,
-    unit: usize,
-    units: usize,
-    #[comptime] shift: usize,
-    #[comptime] rows: usize,
-) {
     let mut i = unit;
     while i < rows {
-        let shifted = first + i;
+        let position = first + i;
         let mut av = 0.0;
         let mut bv = 0.0;
-        if shifted >= shift && shifted < end + shift {
-            let index = (start + shifted - shift) * heads + head;
+        if position < end {
+            let index = (start + position) * heads + head;
             av = a[index];
             bv = b[index];
         }
@@ -299,37 +274,14 @@ pub fn copy_shifted_rows_async<F: Float, N: Size>(
     }
 }
 
-/// As [`copy_rows_async`], for the per-row values `first .. first + rows` of one head of two
-/// `[total, heads]` f32 tensors (lse and D in the backward) into two tiles from `tile_start`.
+/// As [`copy_shifted_rows_async`], for the per-row values of one head of two `[total, heads]`
+/// f32 tensors (lse and D in the backward) into two tiles from `tile_start`: tile row `i`
+/// holds position `first + i − shift`, zero where that lies before the sequence or at and
+/// past `end`. The `units` units of the cube take the `2 · rows` values in turn, those of `a`
+/// first.
 #[cube]
 #[allow(clippy::too_many_arguments)]
 pub fn copy_row_values_pair_async(
-    a: &Array<f32>,
-    b: &Array<f32>,
-    a_tile: &mut SharedMemory<f32>,
-    b_tile: &mut SharedMemory<f32>,
-    tile_start: usize,
-    start: usize,
-    first: usize,
-    end: usize,
-    head: usize,
-    heads: usize,
-    unit: usize,
-    #[comptime] rows: usize,
-    #[comptime] units: usize,
-) {
-    copy_shifted_row_values_pair_async(
-        a, b, a_tile, b_tile, tile_start, start, first, end, head, heads, unit, 0usize, rows, units,
-    );
-}
-
-/// As [`copy_row_values_pair_async`], with the rows counted from `shift` positions before the
-/// sequence start (as [`copy_shifted_rows_async`]): tile row `i` holds position `first + i −
-/// shift`, zero where that lies before the sequence or at and past `end`. The `units` units
-/// of the cube take the `2 · rows` values in turn, those of `a` first.
-#[cube]
-#[allow(clippy::too_many_arguments)]
-pub fn copy_shifted_row_values_pair_async(
     a: &Array<f32>,
     b: &Array<f32>,
     a_tile: &mut SharedMemory<f32>,
