@@ -38,7 +38,7 @@ pub const QUAD: usize = 4;
 pub type Pair<F> = Vector<F, Const<2>>;
 /// Two f32 values of one accumulator row.
 pub type AccPair = Vector<f32, Const<2>>;
-/// A plane's A operands of its own rows: one `16 × 16` operand per 16 columns (per m-tile).
+/// A plane's A operands: one `16 × 16` operand per 16 columns of its rows (per m-tile).
 pub type Operands<F> = Sequence<Array<Pair<F>>>;
 
 /// Where a unit of an mma kernel works. All of them launch the grid
@@ -227,7 +227,7 @@ pub fn staged_operands<F: Float, N: Size>(
     cube: &MmaCube,
     #[comptime] head_dim: usize,
     #[comptime] m_tiles: usize,
-) -> Sequence<Array<Pair<F>>> {
+) -> Operands<F> {
     let def = MmaDefinition::<F, F, f32>::new(TILE, MMA_N, TILE);
     let lane = UNIT_POS_X as usize;
     let sub_row = lane % 8;
@@ -271,7 +271,7 @@ pub fn zero_accumulators(#[comptime] columns: usize) -> Sequence<Array<AccPair>>
 /// `m · rows / 8 + n` for rows `8n..` of `B`.
 #[cube]
 pub fn scores<F: Float, N: Size>(
-    a: &Sequence<Array<Pair<F>>>,
+    a: &Operands<F>,
     b_tile: &SharedMemory<Vector<F, N>>,
     tile_start: usize,
     #[comptime] rows: usize,
@@ -285,7 +285,7 @@ pub fn scores<F: Float, N: Size>(
 /// its start ([`ring_block_start`]); `tile_start` lies within the ring.
 #[cube]
 pub fn ring_scores<F: Float, N: Size>(
-    a: &Sequence<Array<Pair<F>>>,
+    a: &Operands<F>,
     b_tile: &SharedMemory<Vector<F, N>>,
     tile_start: usize,
     #[comptime] ring: usize,
@@ -439,7 +439,7 @@ pub fn accumulate_ring_products<F: Float, N: Size>(
 #[allow(clippy::too_many_arguments)]
 pub fn accumulate_block_products<F: Float, N: Size>(
     acc: &mut Sequence<Array<AccPair>>,
-    a: &Sequence<Array<Pair<F>>>,
+    a: &Operands<F>,
     b_tile: &SharedMemory<Vector<F, N>>,
     tile_start: usize,
     #[comptime] j: usize,
