@@ -61,14 +61,25 @@ pub fn stage_end(c: usize, window: usize, planes: usize, chunk: usize) -> usize 
 }
 
 /// Rows of the ring into which a cube that walks consecutive blocks stages their spans
-/// (`kernel_mma_band.rs`). During the last chunk of a block it stages the rows of the next
-/// block's first stage that this span lacks (span rows `span .. block_m + stage_end(0)`);
-/// their places in the ring must hold rows no plane reads any more, those before the last
-/// chunk's first column. The span itself is enough at ±64; narrower windows need more rows.
+/// (`kernel_mma_band.rs`): the most rows it holds at once. During chunk `c` of a block the
+/// planes read from span row `chunk · c` on, and the rows up to `stage_end(c + 1)` are staged
+/// or in flight; during the last chunk, the rows up to the end of the next block's first
+/// stage (`block_m + stage_end(0)`), and the next block needs every row from `block_m` on.
+/// At ±64 that is 144 rows (a band), where the span is 192.
 pub fn ring_rows(window: usize, planes: usize, chunk: usize) -> usize {
-    let last_start = chunk * (band_chunks(window, chunk) - 1);
-    let next_end = TILE * planes + stage_end(0, window, planes, chunk);
-    span_rows(window, planes).max(next_end.saturating_sub(last_start))
+    let block_m = TILE * planes;
+    let chunks = band_chunks(window, chunk);
+    (0..chunks)
+        .map(|c| {
+            let staged = if c + 1 < chunks {
+                stage_end(c + 1, window, planes, chunk)
+            } else {
+                span_rows(window, planes).max(block_m + stage_end(0, window, planes, chunk))
+            };
+            staged - (chunk * c).min(block_m)
+        })
+        .max()
+        .unwrap_or(0)
 }
 
 /// Issues the asynchronous copies of span rows `begin .. end` of the cube's block (rows past
@@ -212,57 +223,71 @@ fn mask_band_scores(
 mod tests {
     use super::*;
 
-    /// The forward's ring schedule (`kernel_mma_band.rs`), replayed for every window the band
-    /// kernels take and several cube sizes and chunks: each step stages span rows `stage_end(c)
-    /// .. stage_end(c + 1)` of its block (in the last step, the next block's first rows
-    /// `span .. block_m + stage_end(0)`); every row a plane reads must be in its ring slot,
-    /// and no row staged during a step may land in a slot that step reads.
+    /// Replays the forward's ring schedule (`kernel_mma_band.rs`) over five blocks with a ring
+    /// of `ring` rows: each step stages span rows `stage_end(c) .. stage_end(c + 1)` of its
+    /// block (in the last step, the next block's first rows `span .. block_m +
+    /// stage_end(0)`). Every row a plane reads must be in its ring slot, and no row staged
+    /// during a step may land in a slot that step reads; the first violation is returned.
+    fn replay_ring(window: usize, planes: usize, chunk: usize, ring: usize) -> Result<(), String> {
+        let chunks = band_chunks(window, chunk);
+        let (block_m, span) = (TILE * planes, span_rows(window, planes));
+        // Slot → the row (counted from the first block's span start) it holds.
+        let mut slots = vec![None; ring];
+        for row in 0..stage_end(0, window, planes, chunk) {
+            slots[row % ring] = Some(row);
+        }
+        let blocks = 5;
+        for b in 0..blocks {
+            let base = b * block_m;
+            for c in 0..chunks {
+                let staged = if c + 1 < chunks {
+                    stage_end(c, window, planes, chunk)..stage_end(c + 1, window, planes, chunk)
+                } else if b + 1 < blocks {
+                    span..block_m + stage_end(0, window, planes, chunk)
+                } else {
+                    0..0
+                };
+                let columns = chunk_columns(c, window, chunk);
+                let read: Vec<usize> = (0..planes)
+                    .flat_map(|p| (0..columns).map(move |j| base + TILE * p + c * chunk + j))
+                    .collect();
+                if let Some(&row) = read.iter().find(|&&row| slots[row % ring] != Some(row)) {
+                    return Err(format!(
+                        "block {b} step {c} reads row {row}, not in the ring"
+                    ));
+                }
+                for row in staged.map(|row| base + row) {
+                    if read.iter().any(|&r| r % ring == row % ring) {
+                        return Err(format!(
+                            "block {b} step {c} stages row {row} over a row it reads"
+                        ));
+                    }
+                    slots[row % ring] = Some(row);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// [`ring_rows`] is the smallest ring the schedule fits, for every window the band kernels
+    /// take and several cube sizes and chunks.
     #[test]
-    fn ring_holds_every_row_the_planes_read() {
+    fn ring_rows_is_the_smallest_ring_that_holds_every_row_read() {
         for planes in [2, 4, 6, 8, 12] {
             for window in (8..=64).step_by(8) {
                 for chunk in [16, 32, 48] {
-                    let chunks = band_chunks(window, chunk);
-                    if chunks < 2 {
+                    if band_chunks(window, chunk) < 2 {
                         continue;
                     }
-                    let (block_m, span) = (TILE * planes, span_rows(window, planes));
                     let ring = ring_rows(window, planes, chunk);
-                    // Slot → the row (counted from the first block's span start) it holds.
-                    let mut slots = vec![None; ring];
-                    for row in 0..stage_end(0, window, planes, chunk) {
-                        slots[row % ring] = Some(row);
+                    let case = format!("planes {planes} ±{window} chunk {chunk}, ring {ring}");
+                    if let Err(problem) = replay_ring(window, planes, chunk, ring) {
+                        panic!("{case}: {problem}");
                     }
-                    let blocks = 5;
-                    for b in 0..blocks {
-                        let base = b * block_m;
-                        for c in 0..chunks {
-                            let staged = if c + 1 < chunks {
-                                stage_end(c, window, planes, chunk)
-                                    ..stage_end(c + 1, window, planes, chunk)
-                            } else if b + 1 < blocks {
-                                span..block_m + stage_end(0, window, planes, chunk)
-                            } else {
-                                0..0
-                            };
-                            let columns = chunk_columns(c, window, chunk);
-                            let read: Vec<usize> = (0..planes)
-                                .flat_map(|p| (0..columns).map(move |j| TILE * p + c * chunk + j))
-                                .map(|row| base + row)
-                                .collect();
-                            for &row in &read {
-                                let at = slots[row % ring];
-                                assert_eq!(at, Some(row), "planes {planes} ±{window} chunk {chunk}: block {b} step {c} reads row {row}");
-                            }
-                            for row in staged.map(|row| base + row) {
-                                assert!(
-                                    !read.iter().any(|&r| r % ring == row % ring),
-                                    "planes {planes} ±{window} chunk {chunk}: block {b} step {c} stages row {row} over a row it reads"
-                                );
-                                slots[row % ring] = Some(row);
-                            }
-                        }
-                    }
+                    assert!(
+                        replay_ring(window, planes, chunk, ring - 1).is_err(),
+                        "{case}: one row fewer would do"
+                    );
                 }
             }
         }
