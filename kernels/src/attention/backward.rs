@@ -18,6 +18,7 @@ use burn_cubecl::CubeRuntime;
 use cubecl::ir::{features::AtomicUsage, ElemType, FloatKind, StorageType, Type};
 use cubecl::prelude::*;
 
+use super::band_scores::band_score_rows;
 use super::delta::attention_delta;
 use super::forward::{
     cmma_plan, mma_plan, path_choice, plain_block_n, plain_unroll, BandShape, PathChoice, BLOCK_M,
@@ -66,12 +67,12 @@ fn mma_shared_bytes(head_dim: usize) -> usize {
 /// to the alignment:
 /// - dK/dV: its own-row tile, the Q and dO spans, the output scratch, lse and D (f32 per
 ///   span row) and the two barriers of its span;
-/// - dQ: the K span, the span of the banded dS (`16 · planes` columns wide, whatever
-///   `head_dim`) and the two barriers (it writes dQ from its registers, with no scratch).
+/// - dQ: the K span and the two barriers (it reads the banded dS and writes dQ from its
+///   registers).
 fn band_shared_bytes(band: BandShape, head_dim: usize) -> usize {
     let (block_m, span) = (band.block_m(), band.span_rows());
     let dkv = BandShape::tile_bytes(head_dim, 2 * block_m + 2 * span, 8) + 2 * span * 4;
-    let dq = BandShape::tile_bytes(head_dim, span, 4) + span * (block_m + PAD) * 2;
+    let dq = BandShape::tile_bytes(head_dim, span, 3);
     dkv.max(dq)
 }
 
@@ -177,7 +178,11 @@ pub fn varlen_attention_backward<R: CubeRuntime>(
         let ds = empty_device_contiguous_dtype(
             client.clone(),
             q.device.clone(),
-            Shape::new([total, heads, band.score_columns()]),
+            Shape::new([
+                band_score_rows(total, meta.offsets.len() - 1),
+                heads,
+                band.score_columns(),
+            ]),
             q.dtype,
         );
         let dq = gradient();

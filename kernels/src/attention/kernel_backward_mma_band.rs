@@ -5,12 +5,13 @@
 //! - [`flash_attention_varlen_dkv_band_kernel`] (first, after D, `delta.rs`): a cube owns
 //!   `16 · planes` keys (A operands of K and V) and stages their query span (Q, dO, and each
 //!   query's lse and D); per chunk, `Sᵀ` and `dPᵀ`, the mask, `Pᵀ` and `dSᵀ` in place, `dV +=
-//!   Pᵀ·dO`, `dK += dSᵀ·Q`, and `dSᵀ` written to the banded dS buffer (`band_scores.rs`); at
-//!   the end `dK · scale`.
+//!   Pᵀ·dO`, `dK += dSᵀ·Q`, and the chunk's tile of dS written to the banded dS buffer
+//!   (`band_scores.rs`); at the end `dK · scale`.
 //! - [`flash_attention_varlen_dq_band_kernel`]: a cube owns `16 · planes` queries and stages
-//!   their key span of K and of the banded dS; per chunk of a plane's band, `dQ += dS·K`; at
-//!   the end `dQ · scale`. It recomputes nothing: one product where recomputing `S` and `dP`
-//!   would take three.
+//!   their key span of K; each plane loads its queries' tiles of the banded dS as A operands
+//!   straight from global memory and, per 16-key block of its band, `dQ += dS·K`; at the end
+//!   `dQ · scale`. It recomputes nothing: one product where recomputing `S` and `dP` would
+//!   take three.
 //!
 //! Each gradient row is owned by one plane and summed in a fixed order, so the pair is
 //! deterministic, without atomics. Every barrier is reached by all units of a cube; own rows
@@ -20,25 +21,28 @@ use cubecl::prelude::barrier::Barrier;
 use cubecl::prelude::*;
 
 use super::band::{
-    band_chunks, chunk_columns, copy_span_rows_async, mask_band_chunk, span_rows, stage_end,
+    band_chunks, band_columns, chunk_columns, copy_span_rows_async, mask_band_chunk, span_rows,
+    stage_end,
 };
-use super::band_scores::{band_score_operand, copy_band_scores_async, write_band_scores};
+use super::band_scores::{band_score_operand, write_band_scores};
 use super::kernel_backward_mma::{transposed_score_gradients, write_scaled_rows};
 use super::kernel_cmma::{SMEM_ALIGN, TILE};
 use super::mma_tiles::{
     accumulate_block_products, accumulate_products, load_own_rows, mma_cube, output_scratch,
-    own_operand_pair, ring_block_start, scores, staged_tile, tile_offset, tile_vectors,
-    write_scaled_pairs, zero_accumulators, MmaCube, Pair,
+    own_operand_pair, scores, staged_tile, tile_offset, tile_vectors, write_scaled_pairs,
+    zero_accumulators, MmaCube, Operands, Pair,
 };
 use super::staging::{copy_row_values_pair_async, copy_shifted_rows_async};
 
-/// Keys per chunk of the dQ kernel: three 16-key blocks (a band of 144 at ±64 is three).
-const DQ_CHUNK: usize = 48;
-/// Queries per chunk of the dK/dV kernel, one 16-query block. It holds four `16 × head_dim`
-/// accumulators, and with its whole span in flight at once no chunk waits for copies, so the
-/// compiler overlaps the chunks: at 32 queries that took 192 registers (two cubes per SM at
-/// head_dim 64), at 16 it takes 168 (three), and 194 µs where 32 took 211 µs (±64, B=64
-/// S=512, BENCHMARKS.md, session 18).
+/// Keys at the start of each plane's band whose span rows the dQ kernel's first barrier
+/// waits for (`stage_end(0)` for steps of this many keys): three of the nine 16-key blocks
+/// of a band at ±64; the products over them run while the rest of the span lands.
+const DQ_FIRST_KEYS: usize = 48;
+/// Queries per chunk of the dK/dV kernel, one 16-query block: one tile of the banded dS
+/// (`band_scores.rs`). It holds four `16 × head_dim` accumulators, and with its whole span
+/// in flight at once no chunk waits for copies, so the compiler overlaps the chunks: at 32
+/// queries that took 192 registers (two cubes per SM at head_dim 64), at 16 it takes 168
+/// (three), and 194 µs where 32 took 211 µs (±64, B=64 S=512, BENCHMARKS.md, session 18).
 const DKV_CHUNK: usize = 16;
 
 /// The two barriers through which the band backward's cubes wait for their span: the whole
@@ -61,7 +65,7 @@ fn span_barriers() -> (Shared<Barrier>, Shared<Barrier>) {
 #[allow(clippy::too_many_arguments)]
 pub fn flash_attention_varlen_dq_band_kernel<F: Float, I: Numeric, N: Size>(
     k: &Array<Vector<F, N>>, // [total, heads, head_dim], contiguous (as are all below)
-    ds: &Array<Vector<F, N>>, // [total, heads, 16 + 2 · window], `band_scores.rs`
+    ds: &Array<Vector<F, N>>, // `band_scores.rs`
     cu_seqlens: &Array<I>,   // [batch + 1]
     dq: &mut Array<Pair<F>>, // [total, heads, head_dim], written as pairs
     scale: f32,
@@ -70,26 +74,23 @@ pub fn flash_attention_varlen_dq_band_kernel<F: Float, I: Numeric, N: Size>(
     #[comptime] planes: usize,
     #[define(F, I)] _dtypes: [StorageType; 2],
 ) {
-    let block_m = comptime!(TILE * planes);
     let span = comptime!(span_rows(window, planes));
-    let chunks = comptime!(band_chunks(window, DQ_CHUNK));
+    let key_blocks = comptime!(band_columns(window) / TILE);
     let cube = mma_cube(cu_seqlens, window, planes, 1usize, true);
 
-    // No output scratch: dQ leaves straight from the registers, which keeps this kernel's
-    // shared memory (the two spans) small enough for four cubes per SM at head_dim 64.
+    // Shared memory holds the key span alone: dS comes straight into registers and dQ
+    // leaves straight from them.
     let mut k_span = staged_tile::<F, N>(span, head_dim);
-    let mut ds_span = staged_tile::<F, N>(span, block_m);
     let (first, rest) = span_barriers();
 
     // A block past the sequence end sees no keys (uniform over the cube) and writes nothing.
     if cube.range.k_lo < cube.range.k_hi {
-        // The whole span is in flight at once (see `span_barriers`).
-        let first_end = comptime!(stage_end(0, window, planes, DQ_CHUNK));
-        copy_dq_rows_async(
+        // The whole span is in flight at once (see `span_barriers`), and the plane's dS
+        // operands are loaded while it lands.
+        let first_end = comptime!(stage_end(0, window, planes, DQ_FIRST_KEYS));
+        copy_key_rows_async(
             k,
-            ds,
             &mut k_span,
-            &mut ds_span,
             &cube,
             0usize,
             first_end,
@@ -98,11 +99,9 @@ pub fn flash_attention_varlen_dq_band_kernel<F: Float, I: Numeric, N: Size>(
             planes,
         );
         first.commit_copy_async();
-        copy_dq_rows_async(
+        copy_key_rows_async(
             k,
-            ds,
             &mut k_span,
-            &mut ds_span,
             &cube,
             first_end,
             span,
@@ -111,53 +110,47 @@ pub fn flash_attention_varlen_dq_band_kernel<F: Float, I: Numeric, N: Size>(
             planes,
         );
         rest.commit_copy_async();
+        // One A operand (one m-tile) per 16-key block of the band.
+        let mut ds_ops = Sequence::<Operands<F>>::new();
+        #[unroll]
+        for kt in 0..key_blocks {
+            let mut a = Sequence::new();
+            a.push(band_score_operand(ds, &cube, kt, window));
+            ds_ops.push(a);
+        }
         first.arrive_and_wait();
 
         let mut dq_acc = zero_accumulators(head_dim);
         #[unroll]
-        for c in 0..chunks {
-            if comptime!(c == 1) {
+        for kt in 0..key_blocks {
+            if comptime!(kt * TILE == DQ_FIRST_KEYS) {
                 rest.arrive_and_wait();
             }
-            let key_row = cube.first_row + comptime!(c * DQ_CHUNK);
-            let chunk_start = tile_offset::<N>(key_row, 0usize, head_dim);
-            #[unroll]
-            for b in 0..comptime!(chunk_columns(c, window, DQ_CHUNK) / TILE) {
-                let mut a = Sequence::new();
-                a.push(band_score_operand(
-                    &ds_span,
-                    key_row + b * TILE,
-                    cube.first_row,
-                    planes,
-                ));
-                let block_start = ring_block_start::<N>(chunk_start, b, 0usize, head_dim);
-                accumulate_block_products(
-                    &mut dq_acc,
-                    &a,
-                    &k_span,
-                    block_start,
-                    0usize,
-                    0usize,
-                    head_dim,
-                    head_dim,
-                    1usize,
-                );
-            }
+            let key_row = cube.first_row + comptime!(kt * TILE);
+            accumulate_block_products(
+                &mut dq_acc,
+                ds_ops.index(kt),
+                &k_span,
+                tile_offset::<N>(key_row, 0usize, head_dim),
+                0usize,
+                0usize,
+                head_dim,
+                head_dim,
+                1usize,
+            );
         }
 
         write_scaled_pairs(&dq_acc, scale, dq, &cube, head_dim);
     }
 }
 
-/// Issues the asynchronous copies of rows `begin .. end` of the dQ kernel's span of K and of
-/// the banded dS.
+/// Issues the asynchronous copies of rows `begin .. end` of the dQ kernel's key span: span
+/// row `i` is key `row0 − window + i` (zeros outside the sequence).
 #[cube]
 #[allow(clippy::too_many_arguments)]
-fn copy_dq_rows_async<F: Float, N: Size>(
+fn copy_key_rows_async<F: Float, N: Size>(
     k: &Array<Vector<F, N>>,
-    ds: &Array<Vector<F, N>>,
     k_span: &mut SharedMemory<Vector<F, N>>,
-    ds_span: &mut SharedMemory<Vector<F, N>>,
     cube: &MmaCube,
     #[comptime] begin: usize,
     #[comptime] end: usize,
@@ -165,7 +158,7 @@ fn copy_dq_rows_async<F: Float, N: Size>(
     #[comptime] head_dim: usize,
     #[comptime] planes: usize,
 ) {
-    // Span row i is key row0 − window + i: counted from `window` before it, row0 + i.
+    // Counted from `window` before it, span row i is row0 + i.
     copy_shifted_rows_async(
         k,
         k_span,
@@ -182,7 +175,6 @@ fn copy_dq_rows_async<F: Float, N: Size>(
         head_dim,
         comptime!(32 * planes),
     );
-    copy_band_scores_async(ds, ds_span, cube, begin, end, window, planes);
 }
 
 /// `dK` and `dV` for a block of `16 · planes` keys per cube at ±`window`, and their banded
@@ -199,7 +191,7 @@ pub fn flash_attention_varlen_dkv_band_kernel<F: Float, I: Numeric, N: Size>(
     cu_seqlens: &Array<I>,   // [batch + 1]
     dk: &mut Array<Vector<F, N>>, // [total, heads, head_dim]
     dv: &mut Array<Vector<F, N>>, // [total, heads, head_dim]
-    ds: &mut Array<Vector<F, N>>, // [total, heads, 16 + 2 · window], written here
+    ds: &mut Array<Vector<F, N>>, // `band_scores.rs`, written here
     scale: f32,
     #[comptime] window: usize,
     #[comptime] head_dim: usize,
@@ -322,7 +314,7 @@ pub fn flash_attention_varlen_dkv_band_kernel<F: Float, I: Numeric, N: Size>(
                 head_dim,
                 1usize,
             );
-            write_band_scores(&ds_t, &mut scratch, ds, &cube, j0, cols, window, head_dim);
+            write_band_scores(&ds_t, &mut scratch, ds, &cube, j0, window, head_dim);
         }
 
         write_scaled_rows(&dk_acc, scale, &mut scratch, dk, &cube, head_dim);
