@@ -6,8 +6,9 @@
 //! The buffer holds, for every 16-query block of a sequence and every head, the block's
 //! band of `16 + 2 · window` keys (144 at ±64; `window` a multiple of 16) as 16 × 16 tiles:
 //! tile `kt` of query block `qb` (positions `qb ..`, a multiple of 16) is `dS` against keys
-//! `qb − window + 16 · kt ..`. That is `O(total · window)` elements (113 MB for 32 768
-//! tokens of 12 heads in bf16), never `S²`.
+//! `qb − window + 16 · kt ..`. That is `O(total · window)` elements, never `S²`: 117 MB
+//! for 32 768 tokens in 64 sequences of 12 heads in bf16 (113 MB of tiles, and room for
+//! each sequence's last block, below).
 //!
 //! A tile is stored as the dQ kernel's A operand: the 8 values lane `l` of a plane holds
 //! (registers 0–3, two values each, `mma_tiles.rs`) at elements `8l .. 8l + 8`, so that each
