@@ -89,6 +89,9 @@ attention_benchmarks() {
 }
 if [ "$PART" = attention ]; then
   step cuda_attention_kernel "$BIN/attention_kernel" --nocapture --test-threads 1 cuda
+  # The test's grids are small, so the band forward takes one query block per cube there;
+  # its walk over consecutive blocks is tested with the count forced.
+  MODERNBERT_BAND_BLOCKS=8 step cuda_attention_kernel_walk "$BIN/attention_kernel" --nocapture --test-threads 1 cuda
   step cuda_attention_backward "$BIN/attention_backward" --nocapture --test-threads 1 cuda
   MODERNBERT_DETERMINISTIC=1 step cuda_attention_backward_deterministic "$BIN/attention_backward" --nocapture --test-threads 1 cuda
   attention_benchmarks
@@ -108,6 +111,7 @@ step cuda_select_rows "$BIN/select_rows" --nocapture --test-threads 1 cuda
 step cuda_cross_entropy "$BIN/cross_entropy" --nocapture --test-threads 1 cuda
 step cuda_stable_adamw "$BIN/stable_adamw" --nocapture --test-threads 1 cuda
 step cuda_attention_kernel "$BIN/attention_kernel" --nocapture --test-threads 1 cuda
+MODERNBERT_BAND_BLOCKS=8 step cuda_attention_kernel_walk "$BIN/attention_kernel" --nocapture --test-threads 1 cuda
 MODERNBERT_ATTENTION_PATH=plain step cuda_attention_kernel_plain "$BIN/attention_kernel" --nocapture --test-threads 1 cuda
 step cuda_attention_backward "$BIN/attention_backward" --nocapture --test-threads 1 cuda
 MODERNBERT_DETERMINISTIC=1 step cuda_attention_backward_deterministic "$BIN/attention_backward" --nocapture --test-threads 1 cuda

@@ -64,12 +64,14 @@ def kernels_in_log(text):
         yield (name.group(1).strip() if name else "?"), source
 
 
-def compile_ptx(nvrtc, source, arch, include):
+def compile_ptx(nvrtc, source, arch, include, extra=()):
+    """PTX of `source` under CubeCL's NVRTC options, plus `extra` ones."""
     program = ctypes.c_void_p()
     check(nvrtc, nvrtc.nvrtcCreateProgram(ctypes.byref(program), source.encode(), None, 0, None, None))
     options = [f"--gpu-architecture={arch}", f"--include-path={include}", "-lineinfo"]
     if os.path.isdir(os.path.join(include, "cccl")):
         options.append(f"--include-path={os.path.join(include, 'cccl')}")
+    options += extra
     argv = (ctypes.c_char_p * len(options))(*[o.encode() for o in options])
     status = nvrtc.nvrtcCompileProgram(program, len(options), argv)
     if status != 0:

@@ -124,6 +124,10 @@ impl MmaShape {
 /// tuning runs of the benchmark.
 const BAND_BLOCKS_ENV: &str = "MODERNBERT_BAND_BLOCKS";
 
+/// Cubes of the band forward an H200 SM holds at once: 157 registers per unit and 60 KB of
+/// shared memory per cube of four planes allow three (Nsight Compute, BENCHMARKS.md).
+const FORWARD_CUBES_PER_SM: usize = 3;
+
 /// The cube of the sliding-window mma kernels (`band.rs`): `planes` planes of 16 own rows,
 /// which stage the span of rows their block sees at ±`window` at once.
 #[derive(Debug, Clone, Copy)]
@@ -167,15 +171,32 @@ impl BandShape {
         span_rows(self.window, self.planes)
     }
 
-    /// Query blocks each cube of the forward walks (`kernel_mma_band.rs`): four, so that
-    /// the first block's wait for its loads, the only one, is shared by four (measured
-    /// against one, two and eight, BENCHMARKS.md, session 13). [`BAND_BLOCKS_ENV`] overrides
-    /// the choice for tuning runs.
-    fn forward_blocks() -> usize {
+    /// Query blocks each cube of the forward walks (`kernel_mma_band.rs`) for a grid of
+    /// `blocks_per_row` query blocks (of the longest sequence) by `rows` (heads × sequences),
+    /// on `sms` streaming multiprocessors (unknown: four blocks). [`BAND_BLOCKS_ENV`]
+    /// overrides the choice for tuning runs.
+    ///
+    /// A cube waits for its loads once, before its first block, so walking more blocks
+    /// shares that wait, but leaves fewer cubes to spread over the SMs. Of 1, 2, 4 and 8
+    /// blocks per cube, the choice takes the fewest block steps on the busiest SM (waves of
+    /// [`FORWARD_CUBES_PER_SM`] cubes per SM, times the blocks each cube walks), and the most
+    /// blocks among equals. At B=64 S=512 and B=4 S=8192 (12 heads) that is 8, which ran 4–5%
+    /// faster than 4 and 10% faster than 2 (BENCHMARKS.md, session 20); a single sequence of
+    /// 512 takes 1, for 96 cubes rather than 12.
+    fn forward_blocks(blocks_per_row: usize, rows: usize, sms: Option<usize>) -> usize {
         static BLOCKS: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
-        BLOCKS
-            .get_or_init(|| tuning_count(BAND_BLOCKS_ENV, &[1, 2, 4, 8]))
-            .unwrap_or(4)
+        if let Some(blocks) = *BLOCKS.get_or_init(|| tuning_count(BAND_BLOCKS_ENV, &[1, 2, 4, 8])) {
+            return blocks;
+        }
+        let Some(sms) = sms else { return 4 };
+        let slots = (sms * FORWARD_CUBES_PER_SM).max(1);
+        [8, 4, 2, 1]
+            .into_iter()
+            .min_by_key(|&blocks| {
+                let cubes = blocks_per_row.div_ceil(blocks) * rows;
+                cubes.div_ceil(slots) * blocks
+            })
+            .unwrap_or(1)
     }
 
     /// Keys per step of the forward's online softmax: three 16-key blocks where the band is
@@ -396,7 +417,15 @@ pub fn varlen_attention_forward<R: CubeRuntime>(
             Some((band, plan?))
         });
         if let Some((band, vector)) = band_plan {
-            let blocks = BandShape::forward_blocks();
+            let blocks = BandShape::forward_blocks(
+                meta.max_seqlen.div_ceil(band.block_m()),
+                heads * batch,
+                client
+                    .properties()
+                    .hardware
+                    .num_streaming_multiprocessors
+                    .map(|sms| sms as usize),
+            );
             flash_attention_varlen_band_kernel::launch::<R>(
                 &client,
                 grid(band.block_m() * blocks),
@@ -547,4 +576,25 @@ fn plain_forward_passes(
     let per_tile =
         staging_loop(block_n * head_dim, BLOCK_M) + 2 * (block_n + 1 + block_n * head) + head + 1;
     TilePasses::new(walked_tiles(meta, BLOCK_M, block_n), per_tile, 3 * head)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::BandShape;
+
+    /// The band forward's blocks per cube on an H200 (132 SMs): the most that keep every SM
+    /// as busy, one where there are too few cubes to go round, four where the SM count is
+    /// unknown.
+    #[test]
+    fn forward_blocks_keep_the_sms_busy() {
+        let h200 = Some(132);
+        // B=64 S=512 and B=4 S=8192, 12 heads: two waves of 8 blocks as good as four of 4.
+        assert_eq!(BandShape::forward_blocks(8, 12 * 64, h200), 8);
+        assert_eq!(BandShape::forward_blocks(128, 12 * 4, h200), 8);
+        // One sequence of 512: 96 cubes of one block fit in one wave.
+        assert_eq!(BandShape::forward_blocks(8, 12, h200), 1);
+        // 480 one-block cubes need two waves, 240 two-block cubes one.
+        assert_eq!(BandShape::forward_blocks(8, 60, h200), 2);
+        assert_eq!(BandShape::forward_blocks(8, 12 * 64, None), 4);
+    }
 }

@@ -154,7 +154,7 @@ pub fn flash_attention_varlen_mma_kernel<F: Float, I: Numeric, N: Size>(
                 windowed,
             );
             softmax_step(
-                &mut s_acc, &mut o_acc, &mut m, &mut l, scale, block_n, head_dim, m_tiles,
+                &mut s_acc, &mut o_acc, &mut m, &mut l, scale, block_n, head_dim, m_tiles, false,
             );
             accumulate_products(
                 &mut o_acc, &s_acc, &v_tiles, tile_start, block_n, head_dim, m_tiles,

@@ -179,7 +179,15 @@ pub fn flash_attention_varlen_band_kernel<F: Float, I: Numeric, N: Size>(
                     ring_scores(&q_ops, &k_ring, chunk_start, ring, cols, head_dim, 1usize);
                 mask_band_chunk(&mut s_acc, row0, range.len, j0, cols, window);
                 softmax_step(
-                    &mut s_acc, &mut o_acc, &mut m, &mut l, scale, cols, head_dim, 1usize,
+                    &mut s_acc,
+                    &mut o_acc,
+                    &mut m,
+                    &mut l,
+                    scale,
+                    cols,
+                    head_dim,
+                    1usize,
+                    comptime!(c == 0),
                 );
                 accumulate_ring_products(
                     &mut o_acc,

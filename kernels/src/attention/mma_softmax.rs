@@ -36,8 +36,14 @@ pub fn softmax_start(#[comptime] lane_rows: usize) -> (Array<f32>, Array<f32>) {
 /// scores still give `exp(NEG_BIG · scale) = 0`. Exponentials take the fast `ex2`-based path
 /// where the kernel allows it: their arguments are ≤ 0 and the probabilities are narrowed to
 /// f16/bf16 anyway.
+///
+/// `first` promises, at compile time, that this is the first tile since [`softmax_start`]
+/// (`l` and `O` still zero): then nothing is rescaled, which saves a correction factor per row,
+/// the vote and a product per output accumulator.
 #[cube]
-#[allow(clippy::too_many_arguments)]
+// The rescaling sits in an `if` on `first`, which CubeCL resolves while expanding the kernel,
+// around the `if` on the vote, which runs: clippy would merge the two.
+#[allow(clippy::too_many_arguments, clippy::collapsible_if)]
 pub fn softmax_step(
     s_acc: &mut Sequence<Array<AccPair>>,
     o_acc: &mut Sequence<Array<AccPair>>,
@@ -47,6 +53,7 @@ pub fn softmax_step(
     #[comptime] cols: usize,
     #[comptime] head_dim: usize,
     #[comptime] m_tiles: usize,
+    #[comptime] first: bool,
 ) {
     let lane_rows = comptime!(2 * m_tiles);
     let s_per_tile = comptime!(cols / MMA_N);
@@ -71,12 +78,15 @@ pub fn softmax_step(
     for r in 0..lane_rows {
         let e = comptime!(r % 2);
         let m_new = max(tile_max[r], m[r]);
-        raised = raised || m_new > m[r];
-        // 0 for rows that saw nothing before (m = NEG_BIG), 1 while the max holds.
-        correction[r] = ((m[r] - m_new) * scale).exp();
+        let mut row_sum_part = 0.0;
+        if comptime!(!first) {
+            raised = raised || m_new > m[r];
+            // 0 for rows that saw nothing before (m = NEG_BIG), 1 while the max holds.
+            correction[r] = ((m[r] - m_new) * scale).exp();
+            row_sum_part = l[r] * correction[r];
+        }
         m[r] = m_new;
         let m_scaled = select(m_new == neg_big, 0.0, m_new * scale);
-        let mut row_sum_part = l[r] * correction[r];
         #[unroll]
         for n in 0..s_per_tile {
             let acc = s_acc.index_mut(comptime!((r / 2) * s_per_tile + n));
@@ -93,14 +103,16 @@ pub fn softmax_step(
     }
     // O only when a row of the plane raised its max (a vote, uniform over the plane): past
     // the first tiles most rows keep theirs, and every correction is then 1.
-    if plane_any(raised) {
-        #[unroll]
-        for r in 0..lane_rows {
+    if comptime!(!first) {
+        if plane_any(raised) {
             #[unroll]
-            for n in 0..o_per_tile {
-                let acc = o_acc.index_mut(comptime!((r / 2) * o_per_tile + n));
-                let e = comptime!(r % 2);
-                acc[e] = acc[e] * AccPair::new(correction[r]);
+            for r in 0..lane_rows {
+                #[unroll]
+                for n in 0..o_per_tile {
+                    let acc = o_acc.index_mut(comptime!((r / 2) * o_per_tile + n));
+                    let e = comptime!(r % 2);
+                    acc[e] = acc[e] * AccPair::new(correction[r]);
+                }
             }
         }
     }
