@@ -22,6 +22,10 @@ import subprocess
 import sys
 
 
+# CUDA's headers, which CubeCL's kernels include (CubeCL looks for them the same way).
+CUDA_INCLUDE = os.environ.get("CUDA_PATH", "/usr/local/cuda") + "/include"
+
+
 def find_nvrtc():
     candidates = sorted(glob.glob("/usr/local/cuda/lib64/libnvrtc.so*"))
     try:
@@ -98,7 +102,7 @@ def main():
     parser.add_argument("log")
     parser.add_argument("--match", default="", help="only kernels whose name contains this")
     parser.add_argument("--arch", default="sm_90a")
-    parser.add_argument("--include", default=os.environ.get("CUDA_PATH", "/usr/local/cuda") + "/include")
+    parser.add_argument("--include", default=CUDA_INCLUDE)
     parser.add_argument("--keep", help="write each kernel's .cu, .ptx and ptxas log here")
     args = parser.parse_args()
 

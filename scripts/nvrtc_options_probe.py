@@ -30,7 +30,6 @@ import torch
 
 import kernel_resources as kr
 
-INCLUDE = os.environ.get("CUDA_PATH", "/usr/local/cuda") + "/include"
 VARIANTS = {"cubecl": [], "ftz": ["--ftz=true"], "ftz+r128": ["--ftz=true", "--maxrregcount=128"]}
 HEADS, HEAD_DIM = 12, 64
 SHAPES = [(64, 512), (4, 8192)]
@@ -124,7 +123,7 @@ def probe(driver, nvrtc, ptxas, text, kernel, window, blocks, block_m_of_planes)
     print(f"== {kernel}: {shared} bytes of shared memory, {threads} units per cube")
     functions = {}
     for variant, extra in VARIANTS.items():
-        ptx = kr.compile_ptx(nvrtc, source, "sm_90a", INCLUDE, extra).encode() + b"\0"
+        ptx = kr.compile_ptx(nvrtc, source, "sm_90a", kr.CUDA_INCLUDE, extra).encode() + b"\0"
         functions[variant] = driver.load(ptx, name, shared)
         print(f"{variant:9s} {functions[variant][1]} registers, {static_mix(ptxas, ptx, f'/tmp/probe_{variant}')}")
     print("| shape | build | ms | rel. error (sequence 0) | rows unwritten |")
